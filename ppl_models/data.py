@@ -1,0 +1,393 @@
+"""Loading and validating data sets.
+
+Two entry points:
+
+* :func:`load` reads a bundled data set (see :data:`BUNDLED`) or a user's ``.csv`` / ``.npz``
+  file into a 2-D float tensor of shape ``(n_samples, n_features)``.
+* :func:`check_data` validates a tensor or NumPy array that a user passes to a model or driver
+  directly.
+
+Both refuse bad input (wrong shape, non-numeric values, NaN / infinite values, empty data) with a
+``ValueError`` whose message names the problem, instead of letting it surface later as a cryptic
+error or a silently wrong fit.
+
+Bundled files live in the repository's top-level ``data/`` folder, found as
+``Path(__file__).resolve().parent.parent / "data"``; this works from a source checkout and from an
+editable install. Set the environment variable ``PPL_MODELS_DATA_DIR`` to use another folder.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["BUNDLED", "DATA_DIR_ENV", "check_data", "data_dir", "load"]
+
+#: Bundled data set names mapped to file names under the data folder (see :func:`data_dir`).
+BUNDLED: dict[str, str] = {
+    "faithful": "faithful.csv",
+}
+
+#: Environment variable that overrides the folder holding the bundled files.
+DATA_DIR_ENV = "PPL_MODELS_DATA_DIR"
+
+_SUPPORTED_SUFFIXES = (".csv", ".npz")
+_EXPECTED_2D = "expected a 2-D array (n_samples, n_features)"
+
+
+def data_dir() -> Path:
+    """Return the folder that holds the bundled data files.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$PPL_MODELS_DATA_DIR`` if that environment variable is set and non-empty, else the
+        repository's ``data/`` folder (``Path(__file__).resolve().parent.parent / "data"``).
+    """
+    override = os.environ.get(DATA_DIR_ENV)
+    if override:
+        return Path(override).expanduser()
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+def load(
+    name_or_path: str | os.PathLike[str],
+    columns: Sequence[str | int] | str | int | None = None,
+    standardize: bool = False,
+    dtype: torch.dtype = torch.float32,
+    *,
+    key: str | None = None,
+) -> tuple[torch.Tensor, list[str]]:
+    """Load a bundled data set or a ``.csv`` / ``.npz`` file as a 2-D tensor.
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A bundled name (a key of :data:`BUNDLED`, e.g. ``"faithful"``) or a path to a file whose
+        name ends in ``.csv`` (read with :func:`pandas.read_csv`; the first line is the header) or
+        ``.npz`` (read with :func:`numpy.load` with ``allow_pickle=False``). A string is treated as
+        a bundled name first.
+    columns : sequence of str or int, str, int, optional
+        Columns to keep, in this order. For a CSV file, column names. For an ``.npz`` array,
+        integer column indices (negative indices count from the end). A single name or index is
+        accepted as a one-element list. Default: all columns.
+    standardize : bool, default False
+        If True, subtract each column's mean and divide by its standard deviation computed with
+        ``ddof=1`` (the sample standard deviation, as R's ``sd``/``scale``). The arithmetic is
+        done in float64 before casting to `dtype`.
+    dtype : torch.dtype, default torch.float32
+        Floating-point dtype of the returned tensor.
+    key : str, optional
+        For an ``.npz`` archive, the name of the array to load. May be omitted when the archive
+        holds exactly one array. Not allowed for CSV files.
+
+    Returns
+    -------
+    x : torch.Tensor
+        Tensor of shape ``(n_samples, n_features)`` and dtype `dtype`.
+    names : list of str
+        Column names: the CSV header names, or ``"<key>[<j>]"`` for column ``j`` of an ``.npz``
+        array.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file (or a bundled data set's file) does not exist.
+    ValueError
+        If the name is neither a bundled name nor a ``.csv`` / ``.npz`` path; the file cannot be
+        parsed; a requested column or key does not exist; a column is non-numeric; the data hold
+        NaN or infinite values; the data are empty; an ``.npz`` array is not 2-D; or, with
+        ``standardize=True``, a column has zero variance or there are fewer than 2 rows.
+
+    Warns
+    -----
+    UserWarning
+        If a CSV file has a column pandas named ``"Unnamed: <j>"`` (typically a saved row index,
+        e.g. from R's ``write.csv`` or pandas' ``to_csv(index=True)``) and `columns` is None, so
+        the row numbers would be used as a feature.
+
+    Examples
+    --------
+    >>> x, names = load("faithful")
+    >>> tuple(x.shape), names
+    ((272, 2), ['eruptions', 'waiting'])
+    >>> x, names = load("faithful", columns=["waiting"], standardize=True)
+    >>> tuple(x.shape)
+    (272, 1)
+    """
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    path = _resolve(name_or_path)
+    selected = _normalise_columns(columns)
+
+    if path.suffix.lower() == ".csv":
+        if key is not None:
+            raise ValueError(f"{path}: key={key!r} only applies to .npz files, not CSV files")
+        arr, names = _read_csv(path, selected)
+    else:
+        arr, names = _read_npz(path, selected, key)
+
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{path}: data are empty ({arr.shape[0]} rows, {arr.shape[1]} columns)")
+    _check_finite_columns(arr, names, str(path))
+    if standardize:
+        arr = _standardize(arr, names, str(path))
+    # Copy: pandas may hand back a read-only view, which torch cannot wrap safely.
+    return torch.from_numpy(np.array(arr, dtype=np.float64, copy=True)).to(dtype), names
+
+
+def check_data(x: object, *, name: str = "data") -> torch.Tensor:
+    """Validate data passed directly to a model or driver and return it as a tensor.
+
+    Parameters
+    ----------
+    x : torch.Tensor or numpy.ndarray or array-like
+        The data, shape ``(n_samples, n_features)``. Other array-likes (lists, DataFrames) are
+        converted with :func:`numpy.asarray` first.
+    name : str, default "data"
+        What to call `x` in error messages (e.g. the argument name).
+
+    Returns
+    -------
+    torch.Tensor
+        `x` as a tensor: float64 if `x` is float64, otherwise float32. A tensor input keeps its
+        device (and autograd graph); a NumPy input is copied, so later in-place changes to the
+        tensor do not alter the caller's array.
+
+    Raises
+    ------
+    ValueError
+        If `x` is not numeric (strings, objects, complex numbers), is not 2-D, is empty (0 rows
+        or 0 columns), or holds NaN or infinite values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_data(np.zeros((3, 2))).dtype
+    torch.float64
+    >>> check_data(np.zeros(3))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    ValueError: data: expected a 2-D array (n_samples, n_features), got shape (3,)...
+    """
+    if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise ValueError(f"{name}: expected real numeric values, got dtype {x.dtype}")
+        target = torch.float64 if x.dtype == torch.float64 else torch.float32
+        t = x.to(target)
+    else:
+        try:
+            a = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name}: could not convert {type(x).__name__} to an array: "
+                             f"{exc}") from exc
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"{name}: expected real numeric values, got dtype {a.dtype}")
+        target_np = np.float64 if a.dtype == np.float64 else np.float32
+        t = torch.from_numpy(np.array(a, dtype=target_np, copy=True))
+
+    if t.ndim != 2:
+        hint = ("; for a single feature use x.reshape(-1, 1)" if t.ndim == 1 else "")
+        raise ValueError(f"{name}: {_EXPECTED_2D}, got shape {tuple(t.shape)}{hint}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name}: data are empty (shape {tuple(t.shape)})")
+    n_nan = int(torch.isnan(t).sum())
+    n_inf = int(torch.isinf(t).sum())
+    if n_nan or n_inf:
+        raise ValueError(f"{name}: contains {n_nan} NaN and {n_inf} infinite value(s); "
+                         "remove or impute them first")
+    return t
+
+
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _resolve(name_or_path: str | os.PathLike[str]) -> Path:
+    """Turn a bundled name or a path into an existing ``.csv`` / ``.npz`` path."""
+    if isinstance(name_or_path, str) and name_or_path in BUNDLED:
+        path = data_dir() / BUNDLED[name_or_path]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"bundled data set {name_or_path!r}: file {path} not found; the data folder is "
+                f"the repository's data/ (or ${DATA_DIR_ENV} if set)")
+        return path
+    if not isinstance(name_or_path, str | os.PathLike):
+        raise ValueError(f"expected a bundled name or a path, got {type(name_or_path).__name__}")
+
+    path = Path(name_or_path).expanduser()
+    suffix = path.suffix.lower()
+    known = ", ".join(repr(n) for n in sorted(BUNDLED))
+    if suffix not in _SUPPORTED_SUFFIXES:
+        if suffix == "" and isinstance(name_or_path, str) and os.sep not in name_or_path:
+            raise ValueError(f"unknown bundled data set {name_or_path!r}; known names: {known}. "
+                             "A file path must end in .csv or .npz")
+        raise ValueError(f"{path}: unsupported file extension {path.suffix!r}; "
+                         f"expected .csv or .npz (or a bundled name: {known})")
+    if not path.is_file():
+        hint = ""
+        if path.stem in BUNDLED and not path.parent.name:
+            hint = f" (for the bundled data set, pass the name {path.stem!r} without extension)"
+        what = "is a directory, not a file" if path.is_dir() else "not found"
+        raise FileNotFoundError(f"{path}: {what}{hint}")
+    return path
+
+
+def _normalise_columns(columns: Sequence[str | int] | str | int | None) -> list[str | int] | None:
+    """Validate the `columns` argument and return it as a list (or None for all)."""
+    if columns is None:
+        return None
+    if isinstance(columns, str | int | np.integer):
+        columns = [columns]
+    out: list[str | int] = []
+    for c in columns:
+        if isinstance(c, bool) or not isinstance(c, str | int | np.integer):
+            raise ValueError(f"columns must hold names (str) or indices (int), got {c!r}")
+        c = c if isinstance(c, str) else int(c)
+        if c in out:
+            raise ValueError(f"column {c!r} is listed more than once in columns")
+        out.append(c)
+    return out
+
+
+def _read_csv(path: Path, columns: list[str | int] | None) -> tuple[np.ndarray, list[str]]:
+    """Read a CSV file and return the selected numeric columns as a float64 array."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8192)
+    except OSError as exc:
+        raise ValueError(f"{path}: could not read the file: {exc}") from exc
+    if b"\x00" in head:
+        raise ValueError(f"{path}: could not parse the CSV file: it contains NUL bytes "
+                         "(a binary file, not text)")
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError as exc:
+        raise ValueError(f"{path}: data are empty (no header and no rows)") from exc
+    except (ValueError, OSError) as exc:  # ParserError, UnicodeDecodeError, ...
+        raise ValueError(f"{path}: could not parse the CSV file: "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+    all_names = [str(c) for c in df.columns]
+    df.columns = pd.Index(all_names)
+    if columns is None:
+        unnamed = [c for c in all_names if c.startswith("Unnamed: ")]
+        if unnamed:
+            warnings.warn(
+                f"{path}: column(s) {unnamed} have no header name; this is usually a saved row "
+                "index (e.g. from R's write.csv or pandas' to_csv(index=True)) and will be used "
+                "as a feature. Pass columns=[...] to choose the columns explicitly.",
+                UserWarning, stacklevel=3)
+        names = all_names
+    else:
+        for c in columns:
+            if not isinstance(c, str):
+                raise ValueError(f"{path}: CSV columns are selected by name, got index {c!r}; "
+                                 f"available columns: {all_names}")
+            if c not in all_names:
+                raise ValueError(f"{path}: unknown column {c!r}; available columns: {all_names}")
+        names = [str(c) for c in columns]
+
+    sub = df[names]
+    if sub.shape[0] == 0 or sub.shape[1] == 0:
+        raise ValueError(f"{path}: data are empty ({sub.shape[0]} rows, {sub.shape[1]} columns)")
+    for c in names:
+        s = sub[c]
+        if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_complex_dtype(s):
+            example = s.dropna().iloc[0] if s.notna().any() else None
+            raise ValueError(f"{path}: column {c!r} is not numeric (dtype {s.dtype}, "
+                             f"e.g. value {example!r})")
+    return sub.to_numpy(dtype=np.float64, na_value=np.nan), names
+
+
+def _read_npz(path: Path, columns: list[str | int] | None,
+              key: str | None) -> tuple[np.ndarray, list[str]]:
+    """Read one 2-D array from an ``.npz`` archive and return the selected columns."""
+    # Open the file ourselves: np.load(path) leaks its file handle when the zip is corrupt.
+    with path.open("rb") as fh:
+        try:
+            archive = np.load(fh, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: could not read the .npz file (corrupt or truncated?): "
+                             f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: not an .npz archive (it holds a single .npy array; "
+                             "save arrays with numpy.savez)")
+        with archive:
+            keys = list(archive.files)
+            if key is None:
+                if not keys:
+                    raise ValueError(f"{path}: data are empty (the archive holds no arrays)")
+                if len(keys) > 1:
+                    raise ValueError(f"{path}: the archive holds {len(keys)} arrays {keys}; "
+                                     "choose one with key=...")
+                key = keys[0]
+            elif key not in keys:
+                raise ValueError(f"{path}: no array {key!r} in the archive; "
+                                 f"available keys: {keys}")
+            try:
+                raw = archive[key]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+                raise ValueError(f"{path}: could not read array {key!r} from the .npz file "
+                                 f"(corrupt or truncated?): {type(exc).__name__}: {exc}") from exc
+
+    if raw.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: array {key!r} is not numeric (dtype {raw.dtype})")
+    if raw.ndim != 2:
+        hint = "; for a single feature save x.reshape(-1, 1)" if raw.ndim == 1 else ""
+        raise ValueError(f"{path}: array {key!r}: {_EXPECTED_2D}, got shape {raw.shape}{hint}")
+
+    n_cols = raw.shape[1]
+    if columns is None:
+        idx = list(range(n_cols))
+    else:
+        idx = []
+        for c in columns:
+            if not isinstance(c, int):
+                raise ValueError(f"{path}: columns of an .npz array are selected by integer "
+                                 f"index, got {c!r}; the array has {n_cols} columns "
+                                 f"(0..{n_cols - 1})")
+            if not -n_cols <= c < n_cols:
+                raise ValueError(f"{path}: unknown column {c} in array {key!r}; available "
+                                 f"columns: 0..{n_cols - 1} ({n_cols} columns)")
+            j = c % n_cols
+            if j in idx:
+                raise ValueError(f"{path}: column {c} is listed more than once in columns")
+            idx.append(j)
+    arr = np.asarray(raw[:, idx], dtype=np.float64)
+    return arr, [f"{key}[{j}]" for j in idx]
+
+
+def _check_finite_columns(arr: np.ndarray, names: list[str], source: str) -> None:
+    """Raise if any column holds NaN or infinite values, naming columns and row counts."""
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return
+    per_col = bad.sum(axis=0)
+    parts = [f"{names[j]!r}: {int(per_col[j])} row(s)" for j in np.flatnonzero(per_col)]
+    n_rows = int(bad.any(axis=1).sum())
+    raise ValueError(f"{source}: NaN or infinite values in column(s) {', '.join(parts)} "
+                     f"({n_rows} of {arr.shape[0]} rows affected); remove or impute them first")
+
+
+def _standardize(arr: np.ndarray, names: list[str], source: str) -> np.ndarray:
+    """Centre each column and scale it to unit sample standard deviation (ddof=1)."""
+    if arr.shape[0] < 2:
+        raise ValueError(f"{source}: standardize=True needs at least 2 rows (ddof=1), "
+                         f"got {arr.shape[0]}")
+    mean = arr.mean(axis=0)
+    std = arr.std(axis=0, ddof=1)
+    zero = [names[j] for j in np.flatnonzero(~(std > 0))]
+    if zero:
+        raise ValueError(f"{source}: cannot standardize column(s) {zero}: zero variance "
+                         "(all values equal)")
+    return (arr - mean) / std

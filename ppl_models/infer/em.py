@@ -1,0 +1,491 @@
+r"""Expectation-maximisation for models with one enumerated discrete latent.
+
+The E-step is exact: the label's posterior :math:`r_{nk} = p(z_n = k \mid x_n, \theta)` is
+computed by enumerating the label (the model's closed form when it has one, otherwise Pyro's
+parallel enumeration of the model). The M-step maximises the expected complete-data log joint
+
+.. math:: Q(\theta) = \sum_n \sum_k r_{nk} \log p(x_n, z_n = k \mid \theta)
+    \; [+ \log p(\theta) \text{ for MAP}]
+
+in closed form where the model provides one (``model.m_step``), otherwise numerically
+(L-BFGS in the sites' unconstrained space, starting from the current value and accepted only
+if :math:`Q` rises, so the objective never decreases: a generalised EM, Dempster, Laird &
+Rubin 1977). Restarts keep the best optimum; a final E-step makes the labels match the
+parameters returned.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import config_enumerate
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import biject_to
+from tqdm.auto import tqdm
+
+from ppl_models.infer.result import FitResult
+
+__all__ = ["fit_em", "kmeans_plus_plus"]
+
+#: Relative slack below which a drop of the objective counts as round-off, not a violation.
+_MONOTONE_SLACK = 1e-9
+
+
+@dataclass
+class _Run:
+    params: dict[str, torch.Tensor]
+    history: list[float]
+    log_likelihood: list[float]
+    converged: bool
+    n_iter: int
+    objective: float
+    notes: list[str] = field(default_factory=list)
+    monotone_violations: int = 0
+
+
+def kmeans_plus_plus(data: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Hard responsibilities ``(N, K)`` from k-means++ seeding (Arthur & Vassilvitskii, 2007).
+
+    Centres are drawn one at a time with probability proportional to the squared distance to
+    the nearest centre chosen so far; each point is then assigned to its nearest centre (as
+    scikit-learn's ``init_params="k-means++"``).
+    """
+    n = data.shape[0]
+    first = int(torch.randint(n, (1,), generator=generator))
+    centres = [data[first]]
+    nearest = (data - data[first]).square().sum(1)
+    for _ in range(1, k):
+        total = nearest.sum()
+        if total <= 0:
+            idx = int(torch.randint(n, (1,), generator=generator))
+        else:
+            idx = int(torch.multinomial(nearest / total, 1, generator=generator))
+        centres.append(data[idx])
+        nearest = torch.minimum(nearest, (data - data[idx]).square().sum(1))
+    dist2 = torch.cdist(data, torch.stack(centres)).square()
+    resp = torch.zeros(n, k, dtype=data.dtype)
+    resp[torch.arange(n), dist2.argmin(1)] = 1.0
+    return resp
+
+
+# --------------------------------------------------------------------------- engines
+class _ClosedForm:
+    """EM through the model's own ``e_step``/``m_step`` (its moment-form state)."""
+
+    name = "closed_form"
+
+    def __init__(self, model, data: torch.Tensor, reg_covar: float) -> None:
+        self.model, self.data, self.reg_covar = model, data, reg_covar
+
+    def from_resp(self, resp: torch.Tensor):
+        return self.model.m_step(self.data, resp, reg_covar=self.reg_covar)
+
+    def from_params(self, params: Mapping[str, torch.Tensor]):
+        return self.model.em_state(params)
+
+    def e_step(self, state) -> tuple[torch.Tensor, torch.Tensor, float]:
+        log_resp, log_norm = self.model.e_step(self.data, state)
+        return log_resp, log_norm, 0.0
+
+    def m_step(self, state, resp: torch.Tensor):
+        return self.model.m_step(self.data, resp, reg_covar=self.reg_covar)
+
+    def params(self, state) -> dict[str, torch.Tensor]:
+        return self.model.em_params(state)
+
+    def notes(self, state) -> list[str]:
+        degenerate = self.model.degenerate_components(state, self.reg_covar, self.data.shape[0])
+        if not degenerate:
+            return []
+        return [
+            f"component(s) {degenerate} collapsed (variance at reg_covar={self.reg_covar:g} or "
+            "fewer than one point); their covariance is held by reg_covar"
+        ]
+
+
+class _Generic:
+    """EM for any Pyro model with one enumerated site, through Pyro's enumeration."""
+
+    name = "generic"
+
+    def __init__(
+        self,
+        model,
+        data: torch.Tensor,
+        objective: str,
+        reg_covar: float,
+        inner_steps: int,
+    ) -> None:
+        self.model, self.data = model, data
+        self.model_fn: Callable = getattr(model, "model", model)
+        self.map = objective == "map"
+        self.reg_covar = reg_covar
+        self.inner_steps = inner_steps
+        self.max_plate_nesting = getattr(model, "max_plate_nesting", 1)
+        enumerated = tuple(getattr(model, "enumerated_sites", ()))
+        prototype = poutine.trace(poutine.block(self.model_fn, hide=list(enumerated))).get_trace(
+            data
+        )
+        self.supports = {
+            name: site["fn"].support
+            for name, site in prototype.nodes.items()
+            if site["type"] == "sample"
+            and not site["is_observed"]
+            and not site_is_subsample(site)
+            and name not in enumerated
+        }
+        if not self.supports:
+            raise ValueError("EM needs at least one global latent site to optimise")
+        self._prototype = {n: prototype.nodes[n]["value"].detach() for n in self.supports}
+
+    # A state is the dict of global site values.
+    def from_resp(self, resp: torch.Tensor) -> dict[str, torch.Tensor]:
+        start = getattr(self.model, "initial_params", None)
+        if start is None:
+            raise ValueError(
+                "this model has no initial_params(data, resp) hook: pass init={site: value} "
+                f"for its global sites {sorted(self.supports)}"
+            )
+        return {
+            k: v for k, v in start(self.data, resp, self.reg_covar).items() if k in self.supports
+        }
+
+    def from_params(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        missing = sorted(set(self.supports) - set(params))
+        if missing:
+            raise ValueError(f"init is missing the global site(s) {missing}")
+        return {k: torch.as_tensor(params[k], dtype=self.data.dtype) for k in self.supports}
+
+    def log_joint(self, state: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(K, N)`` local log joint per label value, and the log prior of the globals."""
+        conditioned = poutine.condition(self.model_fn, data=dict(state))
+        enumerated = poutine.enum(
+            config_enumerate(conditioned, default="parallel"),
+            first_available_dim=-1 - self.max_plate_nesting,
+        )
+        trace = poutine.trace(enumerated).get_trace(self.data)
+        trace.compute_log_prob()
+        local = torch.zeros((), dtype=self.data.dtype)
+        prior = torch.zeros((), dtype=self.data.dtype)
+        n_enumerated = 0
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if name in self.supports:
+                prior = prior + site["log_prob_sum"]
+                continue
+            if site["infer"].get("_enumerate_dim") is not None:
+                n_enumerated += 1
+            local = local + site["log_prob"]
+        if n_enumerated != 1 or local.dim() != 2:
+            raise ValueError(
+                "generic EM handles models with exactly one enumerated discrete site inside one "
+                f"plate; this model has {n_enumerated} and a local log density of shape "
+                f"{tuple(local.shape)}"
+            )
+        return local, prior
+
+    def e_step(self, state) -> tuple[torch.Tensor, torch.Tensor, float]:
+        with torch.no_grad():
+            local, prior = self.log_joint(state)
+        log_norm = local.logsumexp(0)
+        return (local - log_norm).T, log_norm, float(prior)
+
+    def _q(self, state, resp_t: torch.Tensor) -> torch.Tensor:
+        local, prior = self.log_joint(state)
+        q = (resp_t * local).sum()
+        return q + prior if self.map else q
+
+    def m_step(self, state, resp: torch.Tensor) -> dict[str, torch.Tensor]:
+        resp_t = resp.T.detach()
+        transforms = {k: biject_to(s) for k, s in self.supports.items()}
+        free = {
+            k: transforms[k].inv(v).detach().clone().requires_grad_(True) for k, v in state.items()
+        }
+
+        def constrained() -> dict[str, torch.Tensor]:
+            return {k: transforms[k](u) for k, u in free.items()}
+
+        with torch.no_grad():
+            q_old = float(self._q(state, resp_t))
+        optimiser = torch.optim.LBFGS(
+            list(free.values()),
+            max_iter=self.inner_steps,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-9,
+            tolerance_change=1e-12,
+        )
+
+        def closure() -> torch.Tensor:
+            optimiser.zero_grad()
+            loss = -self._q(constrained(), resp_t)
+            loss.backward()
+            return loss
+
+        with pyro.validation_enabled(False):
+            optimiser.step(closure)
+        with torch.no_grad():
+            new = {k: v.detach() for k, v in constrained().items()}
+            q_new = float(self._q(new, resp_t))
+        if not math.isfinite(q_new) or q_new < q_old:
+            return dict(state)
+        return new
+
+    def params(self, state) -> dict[str, torch.Tensor]:
+        return dict(state)
+
+    def notes(self, state) -> list[str]:
+        return []
+
+
+# --------------------------------------------------------------------------- driver
+def _count_parameters(model, params: Mapping[str, torch.Tensor], data: torch.Tensor) -> int:
+    """Free parameters: the unconstrained dimension of every global site that was fitted."""
+    specs = model.site_specs() if hasattr(model, "site_specs") else {}
+    total = 0
+    for name, value in params.items():
+        spec = specs.get(name)
+        if spec is None:
+            total += value.numel()
+            continue
+        shape = biject_to(spec.domain).inverse_shape(value.shape)
+        total += math.prod(shape)
+    return total
+
+
+def _resolve_objective(model, objective: str) -> str:
+    if objective not in ("auto", "ml", "map"):
+        raise ValueError(f"objective must be 'auto', 'ml' or 'map'; got {objective!r}")
+    if objective != "auto":
+        return objective
+    priors = getattr(model, "priors", {}) or {}
+    return "map" if any(not isinstance(p, torch.Tensor) for p in priors.values()) else "ml"
+
+
+def _initial_state(engine, init, data: torch.Tensor, k: int, generator: torch.Generator):
+    if isinstance(init, Mapping):
+        params = {name: torch.as_tensor(v, dtype=data.dtype) for name, v in init.items()}
+        if "covariances" in params:
+            model = engine.model
+            params = model.site_params_from_moments(
+                params["weights"], params["locs"], params["covariances"]
+            )
+        return engine.from_params(params)
+    if init == "kmeans++":
+        return engine.from_resp(kmeans_plus_plus(data, k, generator))
+    if init == "random":
+        flat = torch.ones(k, dtype=data.dtype)
+        resp = torch.distributions.Dirichlet(flat).sample((data.shape[0],))
+        return engine.from_resp(resp)
+    raise ValueError(f"init must be 'kmeans++', 'random' or a dict of values; got {init!r}")
+
+
+def _run(engine, state, n: int, max_iter: int, tol: float, progress) -> _Run:
+    history: list[float] = []
+    log_lik: list[float] = []
+    violations = 0
+    converged = False
+    previous = -math.inf
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 (reported below)
+        log_resp, log_norm, log_prior = engine.e_step(state)
+        ll = float(log_norm.sum())
+        value = (ll + (log_prior if _is_map(engine) else 0.0)) / n
+        history.append(value)
+        log_lik.append(ll / n)
+        if value < previous - _MONOTONE_SLACK * max(1.0, abs(previous)):
+            violations += 1
+        progress.update(1)
+        progress.set_postfix(objective=f"{value:.6f}", refresh=False)
+        # M-step before the convergence test, as scikit-learn: the parameters returned are
+        # one update past the last objective compared.
+        state = engine.m_step(state, log_resp.exp())
+        if abs(value - previous) < tol:
+            converged = True
+            break
+        previous = value
+    # Final E-step: the reported objective and labels belong to the parameters returned.
+    log_resp, log_norm, log_prior = engine.e_step(state)
+    ll = float(log_norm.sum())
+    final = (ll + (log_prior if _is_map(engine) else 0.0)) / n
+    notes = engine.notes(state)
+    if not math.isfinite(final):
+        notes.append("the objective is not finite at the returned parameters")
+    return _Run(
+        params=engine.params(state),
+        history=history,
+        log_likelihood=log_lik,
+        converged=converged,
+        n_iter=n_iter,
+        objective=final,
+        notes=notes,
+        monotone_violations=violations,
+    )
+
+
+def _is_map(engine) -> bool:
+    return bool(getattr(engine, "map", False))
+
+
+def fit_em(
+    model,
+    data: torch.Tensor,
+    *,
+    init: str | Mapping[str, Any] = "kmeans++",
+    n_init: int = 1,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    objective: str = "auto",
+    m_step: str = "auto",
+    inner_steps: int = 50,
+    seed: int | None = 0,
+    dtype: torch.dtype = torch.float64,
+    progress: bool | None = None,
+    columns: list[str] | None = None,
+) -> FitResult:
+    """Fit a model with one enumerated discrete latent by expectation-maximisation.
+
+    Parameters
+    ----------
+    model
+        A model object (e.g. :class:`~ppl_models.models.GaussianMixture`) with a Pyro
+        ``model(data)``; the closed-form M-step is used when it has ``m_step`` and it serves
+        the objective, the generic numerical M-step otherwise.
+    data : Tensor (N, D)
+    init : {"kmeans++", "random"} or dict
+        Starting point: k-means++ seeding (hard responsibilities from the nearest seed),
+        random responsibilities, or values ``{"weights", "locs", "covariances"}`` (moment form,
+        as scikit-learn's ``weights_init``/``means_init``) or ``{site: value}``. A dict is used
+        for the first restart only; later restarts use k-means++.
+    n_init : int
+        Restarts; the one with the highest final objective is kept.
+    max_iter, tol : int, float
+        Stop when the objective (per observation) changes by less than ``tol`` (as
+        scikit-learn), or after ``max_iter`` iterations.
+    reg_covar : float
+        Added to every covariance diagonal in the closed-form M-step, which keeps a collapsing
+        component finite; such components are reported in ``info["warnings"]``.
+    objective : {"auto", "ml", "map"}
+        Maximum likelihood, or the posterior mode under the model's priors. ``auto``: MAP if
+        the user gave priors, else ML.
+    m_step : {"auto", "closed_form", "generic"}
+        Force the M-step (the generic one works for every enumerable model).
+    inner_steps : int
+        L-BFGS iterations of a generic M-step.
+    seed : int or None
+    dtype : torch.dtype
+        Precision of the fit (float64 by default: EM's convergence test works on small
+        differences).
+    progress : bool or None
+        Progress bar (default: when standard error is a terminal).
+    columns : list of str, optional
+        Feature names recorded in the result.
+
+    Returns
+    -------
+    FitResult
+        ``params`` in the sites' own space, ``history["log_likelihood"]`` (mean per
+        observation, labels summed out) and ``history["objective"]``, and in ``info``: the
+        objective, ``bic``, ``aic``, ``log_likelihood`` (total), each restart's objective,
+        ``monotone_violations`` and ``warnings``.
+    """
+    if not isinstance(n_init, int) or n_init < 1:
+        raise ValueError(f"n_init must be a positive integer; got {n_init!r}")
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer; got {max_iter!r}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be non-negative; got {tol}")
+    if not reg_covar >= 0:
+        raise ValueError(f"reg_covar must be non-negative; got {reg_covar}")
+    data = model.validate(data).to(dtype) if hasattr(model, "validate") else data.to(dtype)
+    objective = _resolve_objective(model, objective)
+    reason = (
+        model.closed_form_unavailable(objective)
+        if hasattr(model, "closed_form_unavailable")
+        else "the model has no closed-form M-step"
+    )
+    if m_step == "auto":
+        m_step = "closed_form" if reason is None else "generic"
+    if m_step == "closed_form" and reason is not None:
+        raise ValueError(f"no closed-form M-step here: {reason}")
+    if m_step not in ("closed_form", "generic"):
+        raise ValueError(f"m_step must be 'auto', 'closed_form' or 'generic'; got {m_step!r}")
+
+    generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
+    pyro.set_rng_seed(0 if seed is None else int(seed))
+    n = data.shape[0]
+    k = getattr(model, "n_components", None)
+    if progress is None:
+        import sys
+
+        progress = sys.stderr.isatty()
+    start_time = time.perf_counter()
+    if m_step == "closed_form":
+        engine = _ClosedForm(model, data, reg_covar)
+    else:
+        engine = _Generic(model, data, objective, reg_covar, inner_steps)
+    runs: list[_Run] = []
+    with tqdm(total=n_init * max_iter, disable=not progress, desc="EM", leave=False) as bar:
+        for restart in range(n_init):
+            how = init if restart == 0 or not isinstance(init, Mapping) else "kmeans++"
+            state = _initial_state(engine, how, data, k, generator)
+            run = _run(engine, state, n, max_iter, tol, bar)
+            runs.append(run)
+            bar.update(max_iter - run.n_iter)
+    fit_seconds = time.perf_counter() - start_time
+    finite = [r for r in runs if math.isfinite(r.objective)]
+    if not finite:
+        raise RuntimeError("every EM restart ended with a non-finite objective")
+    best = max(finite, key=lambda r: r.objective)
+
+    with torch.no_grad():
+        _, log_norm, _ = engine.e_step(engine.from_params(best.params))
+    total_ll = float(log_norm.sum())
+    n_params = _count_parameters(model, best.params, data)
+    notes = list(best.notes)
+    if not best.converged:
+        notes.append(f"EM did not converge within max_iter={max_iter} (tol={tol:g})")
+    if best.monotone_violations:
+        notes.append(
+            f"the objective decreased {best.monotone_violations} time(s); with reg_covar > 0 or a "
+            "generic M-step limited by inner_steps this can happen by round-off"
+        )
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    info = {
+        "objective": objective,
+        "m_step": engine.name,
+        "log_likelihood": total_ll,
+        "mean_log_likelihood": total_ll / n,
+        "n_parameters": n_params,
+        "bic": -2.0 * total_ll + n_params * math.log(n),
+        "aic": -2.0 * total_ll + 2.0 * n_params,
+        "restart_objectives": [r.objective for r in runs],
+        "monotone_violations": best.monotone_violations,
+        "reg_covar": reg_covar,
+        "tol": tol,
+        "warnings": notes,
+    }
+    return FitResult(
+        model=model,
+        method="em",
+        data=data,
+        params=best.params,
+        draws=None,
+        history={"objective": best.history, "log_likelihood": best.log_likelihood},
+        converged=best.converged,
+        n_iter=best.n_iter,
+        seed=seed,
+        fit_seconds=fit_seconds,
+        info=info,
+        columns=list(columns) if columns is not None else [],
+    )
