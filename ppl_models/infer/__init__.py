@@ -1,6 +1,8 @@
 """Drivers: free functions that fit any model and return one :class:`FitResult`."""
 
 from ppl_models.infer.em import fit_em, kmeans_plus_plus
+from ppl_models.infer.mcmc import fit_mcmc
 from ppl_models.infer.result import FitResult
+from ppl_models.infer.svi import fit_svi
 
-__all__ = ["FitResult", "fit_em", "kmeans_plus_plus"]
+__all__ = ["FitResult", "fit_em", "fit_mcmc", "fit_svi", "kmeans_plus_plus"]

@@ -31,6 +31,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 from tqdm.auto import tqdm
 
+import guides
 from ppl_models.infer.result import FitResult
 
 __all__ = ["fit_em", "kmeans_plus_plus"]
@@ -47,6 +48,7 @@ class _Run:
     converged: bool
     n_iter: int
     objective: float
+    total_log_likelihood: float = math.nan  # at ``params``, labels summed out
     notes: list[str] = field(default_factory=list)
     monotone_violations: int = 0
 
@@ -84,11 +86,17 @@ class _ClosedForm:
 
     def __init__(self, model, data: torch.Tensor, reg_covar: float) -> None:
         self.model, self.data, self.reg_covar = model, data, reg_covar
+        # Models may offer private fast iterations on data prepared once per fit
+        # (GaussianMixture: centred quadratic features); otherwise, or when the model declines
+        # (prepare returns None), e_step/m_step are used.
+        prepare = getattr(model, "_em_prepare", None)
+        self._prepared = prepare(data) if prepare is not None else None
 
     def from_resp(self, resp: torch.Tensor):
         return self.model.m_step(self.data, resp, reg_covar=self.reg_covar)
 
     def from_params(self, params: Mapping[str, torch.Tensor]):
+        _require_sites(params, self.model.global_sites(self.data.shape[1]))
         return self.model.em_state(params)
 
     def e_step(self, state) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -98,17 +106,26 @@ class _ClosedForm:
     def m_step(self, state, resp: torch.Tensor):
         return self.model.m_step(self.data, resp, reg_covar=self.reg_covar)
 
+    def iterate(self, state) -> tuple[float, float, dict[str, torch.Tensor]]:
+        """Total log-likelihood and log prior at ``state``, and the next state."""
+        if self._prepared is not None:
+            ll, new = self.model._em_iteration(self._prepared, state, self.reg_covar)
+            return ll, 0.0, new
+        log_resp, log_norm, log_prior = self.e_step(state)
+        return float(log_norm.sum()), log_prior, self.m_step(state, log_resp.exp())
+
+    def evaluate(self, state) -> tuple[float, float]:
+        """Total log-likelihood and log prior at ``state``."""
+        if self._prepared is not None:
+            return self.model._em_final_log_likelihood(self._prepared, state), 0.0
+        _, log_norm, log_prior = self.e_step(state)
+        return float(log_norm.sum()), log_prior
+
     def params(self, state) -> dict[str, torch.Tensor]:
         return self.model.em_params(state)
 
     def notes(self, state) -> list[str]:
-        degenerate = self.model.degenerate_components(state, self.reg_covar, self.data.shape[0])
-        if not degenerate:
-            return []
-        return [
-            f"component(s) {degenerate} collapsed (variance at reg_covar={self.reg_covar:g} or "
-            "fewer than one point); their covariance is held by reg_covar"
-        ]
+        return _collapse_notes(self.model, self.params(state), self.data, self.reg_covar, True)
 
 
 class _Generic:
@@ -125,26 +142,14 @@ class _Generic:
         inner_steps: int,
     ) -> None:
         self.model, self.data = model, data
-        self.model_fn: Callable = getattr(model, "model", model)
+        self.model_fn: Callable = guides.model_callable(model)
         self.map = objective == "map"
         self.reg_covar = reg_covar
         self.inner_steps = inner_steps
         self.max_plate_nesting = getattr(model, "max_plate_nesting", 1)
-        enumerated = tuple(getattr(model, "enumerated_sites", ()))
-        prototype = poutine.trace(poutine.block(self.model_fn, hide=list(enumerated))).get_trace(
-            data
-        )
-        self.supports = {
-            name: site["fn"].support
-            for name, site in prototype.nodes.items()
-            if site["type"] == "sample"
-            and not site["is_observed"]
-            and not site_is_subsample(site)
-            and name not in enumerated
-        }
+        self.supports = guides.global_latent_supports(model, data)
         if not self.supports:
             raise ValueError("EM needs at least one global latent site to optimise")
-        self._prototype = {n: prototype.nodes[n]["value"].detach() for n in self.supports}
 
     # A state is the dict of global site values.
     def from_resp(self, resp: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -159,9 +164,7 @@ class _Generic:
         }
 
     def from_params(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        missing = sorted(set(self.supports) - set(params))
-        if missing:
-            raise ValueError(f"init is missing the global site(s) {missing}")
+        _require_sites(params, self.supports)
         return {k: torch.as_tensor(params[k], dtype=self.data.dtype) for k in self.supports}
 
     def log_joint(self, state: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,20 +233,60 @@ class _Generic:
             loss.backward()
             return loss
 
-        with pyro.validation_enabled(False):
-            optimiser.step(closure)
-        with torch.no_grad():
-            new = {k: v.detach() for k, v in constrained().items()}
-            q_new = float(self._q(new, resp_t))
+        # A line search may try values whose densities over- or underflow (a collapsing
+        # component): such a step is rejected below, so validation must not raise first.
+        with pyro.validation_enabled(False), torch.no_grad():
+            try:
+                with torch.enable_grad():
+                    optimiser.step(closure)
+                new = {k: v.detach() for k, v in constrained().items()}
+                q_new = float(self._q(new, resp_t))
+            except (ValueError, RuntimeError):  # a non-finite parameter broke a distribution
+                return dict(state)
         if not math.isfinite(q_new) or q_new < q_old:
             return dict(state)
         return new
+
+    def iterate(self, state) -> tuple[float, float, dict[str, torch.Tensor]]:
+        """Total log-likelihood and log prior at ``state``, and the next state."""
+        log_resp, log_norm, log_prior = self.e_step(state)
+        return float(log_norm.sum()), log_prior, self.m_step(state, log_resp.exp())
+
+    def evaluate(self, state) -> tuple[float, float]:
+        """Total log-likelihood and log prior at ``state``."""
+        _, log_norm, log_prior = self.e_step(state)
+        return float(log_norm.sum()), log_prior
 
     def params(self, state) -> dict[str, torch.Tensor]:
         return dict(state)
 
     def notes(self, state) -> list[str]:
+        return _collapse_notes(self.model, state, self.data, self.reg_covar, False)
+
+
+def _require_sites(params: Mapping[str, Any], required) -> None:
+    missing = sorted(set(required) - set(params))
+    if missing:
+        raise ValueError(f"init is missing the global site(s) {missing}")
+
+
+def _collapse_notes(model, params, data: torch.Tensor, reg_covar: float, held: bool) -> list[str]:
+    """Warnings for components that collapsed (the model says which, if it can tell)."""
+    find = getattr(model, "degenerate_components", None)
+    if find is None:
         return []
+    collapsed = find(params, data.shape[0], reg_covar)
+    if not collapsed:
+        return []
+    how = (
+        f"their covariance is held by reg_covar={reg_covar:g}"
+        if held
+        else "the generic M-step does not floor variances: consider priors (objective='map')"
+    )
+    return [
+        f"component(s) {collapsed} collapsed (smallest variance at most 10 x reg_covar, or "
+        f"fewer than one point); {how}"
+    ]
 
 
 # --------------------------------------------------------------------------- driver
@@ -295,27 +338,28 @@ def _run(engine, state, n: int, max_iter: int, tol: float, progress) -> _Run:
     converged = False
     previous = -math.inf
     n_iter = 0
+    is_map = _is_map(engine)
+    show = not getattr(progress, "disable", False)
     for n_iter in range(1, max_iter + 1):  # noqa: B007 (reported below)
-        log_resp, log_norm, log_prior = engine.e_step(state)
-        ll = float(log_norm.sum())
-        value = (ll + (log_prior if _is_map(engine) else 0.0)) / n
+        # E-step at ``state`` then M-step, before the convergence test, as scikit-learn: the
+        # parameters returned are one update past the last objective compared.
+        ll, log_prior, new_state = engine.iterate(state)
+        value = (ll + (log_prior if is_map else 0.0)) / n
         history.append(value)
         log_lik.append(ll / n)
         if value < previous - _MONOTONE_SLACK * max(1.0, abs(previous)):
             violations += 1
-        progress.update(1)
-        progress.set_postfix(objective=f"{value:.6f}", refresh=False)
-        # M-step before the convergence test, as scikit-learn: the parameters returned are
-        # one update past the last objective compared.
-        state = engine.m_step(state, log_resp.exp())
+        if show:
+            progress.update(1)
+            progress.set_postfix(objective=f"{value:.6f}", refresh=False)
+        state = new_state
         if abs(value - previous) < tol:
             converged = True
             break
         previous = value
-    # Final E-step: the reported objective and labels belong to the parameters returned.
-    log_resp, log_norm, log_prior = engine.e_step(state)
-    ll = float(log_norm.sum())
-    final = (ll + (log_prior if _is_map(engine) else 0.0)) / n
+    # Final E-step: the reported objective belongs to the parameters returned.
+    ll, log_prior = engine.evaluate(state)
+    final = (ll + (log_prior if is_map else 0.0)) / n
     notes = engine.notes(state)
     if not math.isfinite(final):
         notes.append("the objective is not finite at the returned parameters")
@@ -326,6 +370,7 @@ def _run(engine, state, n: int, max_iter: int, tol: float, progress) -> _Run:
         converged=converged,
         n_iter=n_iter,
         objective=final,
+        total_log_likelihood=ll,
         notes=notes,
         monotone_violations=violations,
     )
@@ -447,9 +492,8 @@ def fit_em(
         raise RuntimeError("every EM restart ended with a non-finite objective")
     best = max(finite, key=lambda r: r.objective)
 
-    with torch.no_grad():
-        _, log_norm, _ = engine.e_step(engine.from_params(best.params))
-    total_ll = float(log_norm.sum())
+    # The final E-step of the best run already evaluated its parameters.
+    total_ll = best.total_log_likelihood
     n_params = _count_parameters(model, best.params, data)
     notes = list(best.notes)
     if not best.converged:

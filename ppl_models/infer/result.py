@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,11 @@ from ppl_models.models import MODELS
 __all__ = ["FitResult"]
 
 _FORMAT = "ppl-models/fit-result/1"
+_REQUIRED = (
+    "model", "priors_not_saved", "method", "history", "converged", "n_iter", "seed",
+    "fit_seconds", "info", "columns",
+)
+_TENSOR_KEYS = {"data", "params", "draws", "priors"}
 
 
 @dataclass(frozen=True)
@@ -118,10 +124,18 @@ class FitResult:
             raise FileNotFoundError(
                 f"no saved fit result in {path}: {exc.filename} missing"
             ) from None
-        except (json.JSONDecodeError, RuntimeError, EOFError) as exc:
-            raise ValueError(f"corrupt fit result in {path}: {exc}") from None
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a ppl-models fit result (format {meta.get('format')})")
+        except (json.JSONDecodeError, pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"corrupt fit result in {path}: {first}") from None
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"{path} is not a ppl-models fit result (format {found})")
+        missing = sorted(set(_REQUIRED) - set(meta))
+        if missing or not isinstance(tensors, dict) or set(tensors) != _TENSOR_KEYS:
+            raise ValueError(
+                f"corrupt fit result in {path}: missing {missing or 'tensors'} "
+                "(write it again with FitResult.save)"
+            )
         spec = meta["model"]
         if spec["name"] not in MODELS:
             raise ValueError(f"unknown model '{spec['name']}' in {path}; known: {sorted(MODELS)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import pyro.distributions as dist
 import torch
@@ -11,6 +12,27 @@ import torch
 from ppl_models.models.mixture import FiniteMixture, weighted_moments
 
 __all__ = ["GaussianMixture"]
+
+#: Largest ``eps * max_n ||x_n - centre||^2 * lambda_max(Sigma_k^{-1})`` (``eps`` the machine
+#: epsilon of the data) for which the fast EM iterations expand the quadratic form: the
+#: round-off of the expansion, per observation, is of this order. It allows spreads of 1e5
+#: in float64 (Old Faithful: ~1.5e4); float32 always takes the exact path.
+_CANCELLATION_LIMIT = 1e5 * torch.finfo(torch.float64).eps
+
+#: Size (elements) up to which the fast EM iterations' ``(N, F)`` feature matrix is always
+#: built; beyond it only if no larger than twice the exact path's ``(K, N, D)`` temporaries
+#: (so large full-covariance problems with D above ~4K use the exact path).
+_MAX_FEATURES = 1 << 25
+
+
+class _EMData(NamedTuple):
+    """Data prepared once per fit for the fast EM iterations."""
+
+    data: torch.Tensor
+    centre: torch.Tensor
+    features: torch.Tensor  # (N, F): [quadratic terms, x - centre, 1]
+    n_quad: int
+    max_sq_norm: float
 
 
 class GaussianMixture(FiniteMixture):
@@ -105,15 +127,19 @@ class GaussianMixture(FiniteMixture):
         return log_joint - log_norm.unsqueeze(1), log_norm
 
     def _log_gaussian(self, x: torch.Tensor, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``(N, K)`` log densities, computed as scikit-learn does (centred per component)."""
         means, cov = state["locs"], state["covariances"]
-        d = x.shape[1]
+        n, d = x.shape
+        k = means.shape[0]
         const = -0.5 * d * math.log(2 * math.pi)
         if self.covariance_type == "full":
             chol = torch.linalg.cholesky(cov)
             eye = torch.eye(d, dtype=x.dtype).expand_as(chol)
-            prec_chol = torch.linalg.solve_triangular(chol, eye, upper=False).mT
-            y = x @ prec_chol - (means.unsqueeze(1) @ prec_chol)  # (K, N, D)
-            maha = y.square().sum(-1).T
+            prec_chol = torch.linalg.solve_triangular(chol, eye, upper=False).mT  # (K, D, D)
+            # One (N, D) @ (D, K*D) product instead of K batched ones; y[n, k] = (x_n - mu_k) P_k.
+            y = x @ prec_chol.permute(1, 0, 2).reshape(d, k * d)
+            y = y - (means.unsqueeze(1) @ prec_chol).reshape(k * d)
+            maha = y.square().view(n, k, d).sum(-1)
             log_det = torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)
             return const - log_det - 0.5 * maha
         if self.covariance_type == "diag":
@@ -154,17 +180,146 @@ class GaussianMixture(FiniteMixture):
                 cov = cov.mean(1)
         return {"weights": nk / data.shape[0], "locs": means, "covariances": cov}
 
-    def degenerate_components(
-        self, state: Mapping[str, torch.Tensor], reg_covar: float, n_obs: int
-    ) -> list[int]:
-        """Components whose variance collapsed onto ``reg_covar`` (or that hold < 1 point)."""
-        cov = state["covariances"]
+    # ------------------------------------------------------------------ fast EM iterations
+    # fit_em's closed-form driver calls these private hooks: the data are centred once and
+    # expanded into quadratic features phi(x) = [x_i x_j (i <= j), x, 1] (squares only for
+    # diag/spherical), so that an E-step is one (K, F) @ (F, N) product and an M-step one
+    # (K, N) @ (N, F) product of responsibility-weighted moments, with no (K, N, D) tensor.
+    # Expanding the quadratic form costs accuracy when ||x - centre||^2 / lambda_min(Sigma_k) is
+    # large (cancellation); beyond _CANCELLATION_LIMIT an iteration falls back to the exact,
+    # per-component-centred e_step/m_step above.
+
+    def _em_prepare(self, data: torch.Tensor) -> _EMData | None:
+        """Centred data and their quadratic features, computed once per fit (``None`` when
+        the features would take much more memory than the exact path's temporaries)."""
+        n, d = data.shape
+        n_quad = d * (d + 1) // 2 if self.covariance_type == "full" else d
+        if n * (n_quad + d + 1) > max(2 * n * self.n_components * d, _MAX_FEATURES):
+            return None
+        with torch.no_grad():
+            centre = data.mean(0)
+            xc = data - centre
+            features = torch.empty(n, n_quad + d + 1, dtype=data.dtype)
+            if self.covariance_type == "full":
+                col = 0
+                for i in range(d):
+                    torch.mul(xc[:, i : i + 1], xc[:, i:], out=features[:, col : col + d - i])
+                    col += d - i
+            else:
+                torch.square(xc, out=features[:, :d])
+            features[:, n_quad : n_quad + d] = xc
+            features[:, -1] = 1.0
+            max_sq = float(xc.square().sum(1).max())
+        return _EMData(data, centre, features, n_quad, max_sq)
+
+    def _em_precisions(self, state: Mapping[str, torch.Tensor], centre: torch.Tensor):
+        """Precision matrices (compact for diag/spherical), log-determinants, centred means,
+        and an upper bound of each component's largest precision eigenvalue."""
+        cov, means = state["covariances"], state["locs"] - centre
+        d = means.shape[1]
         if self.covariance_type == "full":
-            smallest = torch.linalg.eigvalsh(cov)[:, 0]
-        elif self.covariance_type == "diag":
-            smallest = cov.min(1).values
+            chol = torch.linalg.cholesky(cov)
+            eye = torch.eye(d, dtype=cov.dtype).expand_as(chol)
+            prec_chol = torch.linalg.solve_triangular(chol, eye, upper=False).mT
+            prec = prec_chol @ prec_chol.mT
+            log_det = torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)
+            largest = torch.diagonal(prec, dim1=-2, dim2=-1).sum(-1)  # trace >= lambda_max
         else:
-            smallest = cov
-        held = smallest <= 10 * reg_covar if reg_covar > 0 else smallest <= 0
-        empty = state["weights"] * n_obs < 1.0
-        return [int(i) for i in torch.nonzero(held | empty).flatten()]
+            prec = cov.reciprocal()
+            if self.covariance_type == "diag":
+                log_det = 0.5 * cov.log().sum(1)
+                largest = prec.amax(1)
+            else:
+                log_det = 0.5 * d * cov.log()
+                largest = prec
+                prec = prec.unsqueeze(1).expand(-1, d)
+        return prec, log_det, means, largest
+
+    def _em_well_conditioned(self, prep: _EMData, means_c: torch.Tensor, largest) -> bool:
+        spread = max(prep.max_sq_norm, float(means_c.square().sum(1).max()))
+        eps = torch.finfo(means_c.dtype).eps
+        return eps * spread * float(largest.max()) <= _CANCELLATION_LIMIT
+
+    def _em_weights(self, state, prec, log_det, means_c) -> torch.Tensor:
+        """``(K, F)`` coefficients, ``W @ features.T = log w_k + log N(x_n | mu_k, Sigma_k)``."""
+        d = means_c.shape[1]
+        if self.covariance_type == "full":
+            lin = (prec @ means_c.unsqueeze(-1)).squeeze(-1)  # (K, D)
+            rows, cols = torch.triu_indices(d, d)
+            quad = prec[:, rows, cols] * torch.where(rows == cols, -0.5, -1.0).to(prec.dtype)
+        else:
+            lin = prec * means_c
+            quad = -0.5 * prec
+        const = (
+            state["weights"].log()
+            - 0.5 * d * math.log(2 * math.pi)
+            - log_det
+            - 0.5 * (lin * means_c).sum(1)
+        )
+        return torch.cat([quad, lin, const.unsqueeze(1)], 1)
+
+    def _em_log_likelihood(self, prep: _EMData, state, *, resp: bool = True):
+        """Total log-likelihood of the data under ``state`` and (optionally) the transposed
+        responsibilities ``(K, N)``; ``None`` when the exact path is needed."""
+        prec, log_det, means_c, largest = self._em_precisions(state, prep.centre)
+        if not self._em_well_conditioned(prep, means_c, largest):
+            return None
+        # (K, N) layout: the reductions over components run along contiguous rows.
+        log_joint = self._em_weights(state, prec, log_det, means_c) @ prep.features.T
+        top = log_joint.amax(0)
+        expd = log_joint.sub_(top).exp_()
+        total = expd.sum(0)
+        ll = float(total.log().add_(top).sum())
+        if not math.isfinite(ll):  # an observation with no finite density: the exact path
+            return None
+        return ll, (expd.div_(total) if resp else None)
+
+    def _em_iteration(
+        self, prep: _EMData, state: Mapping[str, torch.Tensor], reg_covar: float
+    ) -> tuple[float, dict[str, torch.Tensor]]:
+        """One EM iteration: the log-likelihood at ``state`` and the M-step's new state."""
+        with torch.no_grad():
+            fast = self._em_log_likelihood(prep, state)
+            if fast is None:  # ill-conditioned for the expanded form: exact E- and M-step
+                log_resp, log_norm = self.e_step(prep.data, state)
+                return float(log_norm.sum()), self.m_step(
+                    prep.data, log_resp.exp_(), reg_covar=reg_covar
+                )
+            ll, resp_t = fast
+            return ll, self._em_m_step(prep, resp_t, reg_covar)
+
+    def _em_final_log_likelihood(self, prep: _EMData, state: Mapping[str, torch.Tensor]) -> float:
+        with torch.no_grad():
+            fast = self._em_log_likelihood(prep, state, resp=False)
+            if fast is None:
+                return float(self.e_step(prep.data, state)[1].sum())
+            return fast[0]
+
+    def _em_m_step(self, prep: _EMData, resp_t: torch.Tensor, reg_covar: float):
+        """:meth:`m_step` from the moments ``resp.T @ features`` (same algebra, centred data);
+        ``resp_t`` is the ``(K, N)`` transpose of the responsibilities."""
+        n, d = prep.data.shape
+        moments = resp_t @ prep.features  # (K, F)
+        raw = moments[:, -1]  # sum_n r_nk
+        nk = raw + 10 * torch.finfo(moments.dtype).eps
+        first = moments[:, prep.n_quad : prep.n_quad + d]  # sum_n r_nk (x_n - c)
+        # mu_k = sum_n r_nk x_n / N_k, as scikit-learn (with the 10 eps in N_k).
+        means = (first + raw.unsqueeze(1) * prep.centre) / nk.unsqueeze(1)
+        shift = means - prep.centre  # mu_k - c
+        # sum_n r (x - mu)(x - mu)^T = S2 - S1 m^T - m S1^T + R m m^T (x, m centred at c)
+        if self.covariance_type == "full":
+            rows, cols = torch.triu_indices(d, d)
+            second = torch.empty(moments.shape[0], d, d, dtype=moments.dtype)
+            second[:, rows, cols] = moments[:, : prep.n_quad]
+            second[:, cols, rows] = moments[:, : prep.n_quad]
+            cross = first.unsqueeze(-1) * shift.unsqueeze(-2)
+            outer = raw[:, None, None] * shift.unsqueeze(-1) * shift.unsqueeze(-2)
+            cov = (second - cross - cross.mT + outer) / nk[:, None, None]
+            cov = cov + reg_covar * torch.eye(d, dtype=cov.dtype)
+        else:
+            second = moments[:, :d]
+            cov = second - 2 * first * shift + raw.unsqueeze(1) * shift.square()
+            cov = cov / nk.unsqueeze(1) + reg_covar
+            if self.covariance_type == "spherical":
+                cov = cov.mean(1)
+        return {"weights": nk / n, "locs": means, "covariances": cov}

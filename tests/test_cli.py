@@ -1,0 +1,102 @@
+"""The ``ppl-models`` command end to end, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+from ppl_models.cli import main
+from ppl_models.data import load
+
+
+def test_fit_gmm_em_on_old_faithful_writes_everything(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["fit", "gmm", "--out", str(out), "--n-init", "3", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("model", "method", "n_samples", "n_features", "n_components",
+                "mean_log_likelihood", "n_iter", "converged", "fit_seconds", "bic", "aic"):
+        assert key in metrics, key
+    assert (metrics["model"], metrics["method"]) == ("gmm", "em")
+    assert (metrics["n_samples"], metrics["n_features"], metrics["n_components"]) == (272, 2, 2)
+    # Independent reference: scikit-learn's best of 10 restarts on the same data.
+    x, _ = load("faithful")
+    reference = SkGaussianMixture(2, n_init=10, random_state=0).fit(x.double().numpy())
+    assert math.isclose(metrics["mean_log_likelihood"], reference.score(x.double().numpy()),
+                        abs_tol=1e-4)
+    assert math.isclose(metrics["bic"], reference.bic(x.double().numpy()), rel_tol=1e-5)
+    assert metrics["converged"] is True and metrics["fit_seconds"] > 0
+    for name in ("summary.csv", "inference_data.nc", "mixture.png", "objective.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert capsys.readouterr().out == ""  # --quiet
+
+
+def test_console_script_runs_with_no_options(tmp_path):
+    # The installed command with defaults: bundled Old Faithful, EM, K=2.
+    exe = [sys.executable, "-m", "ppl_models.cli"]
+    done = subprocess.run([*exe, "fit", "--out", str(tmp_path / "o")], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "locs" in done.stdout and "mean log-likelihood" in done.stdout
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["n_samples"] == 272
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [("svi", ["--steps", "30", "--guide", "mean_field"]),
+     ("nuts", ["--steps", "10", "--warmup", "10", "--chains", "2"])],
+)
+def test_fit_with_other_methods(tmp_path, method, extra):
+    out = tmp_path / method
+    assert main(["fit", "gmm", "--method", method, "--out", str(out), "--quiet",
+                 "--no-plots", *extra]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == method and math.isfinite(metrics["mean_log_likelihood"])
+    assert (out / "inference_data.nc").stat().st_size > 0
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda p: ["--data", _write(p, "nan.csv", "a,b\n1,2\nnan,3\n4,5\n")], "NaN"),
+        (lambda p: ["--data", _write(p, "text.csv", "a,b\n1,x\n2,y\n3,z\n")], "not numeric"),
+        (lambda p: ["--data", _write(p, "empty.csv", "a,b\n")], "empty|no rows"),
+        (lambda p: ["--data", str(p / "missing.csv")], "missing.csv"),
+        (lambda p: ["--data", "faithful", "--columns", "eruptions,height"], "height"),
+        (lambda p: ["--data", _write(p, "three.csv", "a,b\n1,2\n3,4\n5,7\n"),
+                    "--components", "5"], "larger than the number of observations"),
+        (lambda p: ["--components", "0"], "positive whole number"),
+        (lambda p: ["--method", "gibbs"], "invalid choice"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, capsys, make_args, message):
+    args = ["fit", "gmm", "--out", str(tmp_path / "o"), "--quiet", *make_args(tmp_path)]
+    try:
+        status = main(args)
+    except SystemExit as exc:  # argparse's own usage errors
+        status = exc.code
+    err = capsys.readouterr().err.strip()
+    assert status != 0
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("ppl-models")
+    assert "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_one_dimensional_npz_is_refused(tmp_path, capsys):
+    path = tmp_path / "flat.npz"
+    np.savez(path, x=np.arange(10.0))
+    assert main(["fit", "--data", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "2-D" in capsys.readouterr().err
