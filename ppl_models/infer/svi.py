@@ -11,7 +11,7 @@ from typing import Any
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
-from pyro.infer.autoguide import AutoDelta, AutoGuide
+from pyro.infer.autoguide import AutoDelta, AutoGuide, AutoLaplaceApproximation
 from tqdm.auto import tqdm
 
 import guides
@@ -150,6 +150,9 @@ def fit_svi(
     fit_seconds = time.perf_counter() - start
 
     sites = list(guides.global_latent_supports(model, data))
+    if isinstance(guide_fn, AutoLaplaceApproximation):
+        # Trained as MAP; the Gaussian at the mode has the inverse Hessian as covariance.
+        guide_fn = guide_fn.laplace_approximation(data)
     point = isinstance(guide_fn, AutoDelta) or num_draws == 0
     with torch.no_grad():
         if isinstance(guide_fn, AutoGuide):
