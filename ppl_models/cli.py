@@ -75,7 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", type=Path, help="output folder (default runs/MODEL-METHOD)")
     fit.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     fit.add_argument("--quiet", action="store_true", help="no progress bar, no summary table")
+    fit.set_defaults(run=_fit)
+    for add_subcommand in _subcommands():
+        add_subcommand(commands)
     return parser
+
+
+def _subcommands() -> list[Callable[[Any], None]]:
+    """Subcommands beyond ``fit``: each module registers its parser and its ``run``."""
+    return []
 
 
 def _em(model, data, args, columns):
@@ -210,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     args = _parser().parse_args(argv)
     try:
-        return _fit(args)
+        return args.run(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"ppl-models: error: {message}", file=sys.stderr)

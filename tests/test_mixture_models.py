@@ -557,3 +557,27 @@ def test_model_simulates_without_data() -> None:
     x = model.model(n_obs=50, n_features=3)
     assert x.shape == (50, 3)
     assert torch.isfinite(x).all()
+
+
+# --------------------------------------------------------------------------------------------
+# labels through infer_discrete
+
+
+@pytest.mark.parametrize("cov", COV_TYPES)
+def test_infer_discrete_labels_match_the_exact_posterior(cov: str) -> None:
+    rng = np.random.default_rng(7)
+    k, d, n = 3, 2, 12
+    params = random_params(rng, k, d, cov)
+    x = rng.normal(scale=2.0, size=(n, d))
+    log_joint = scipy_component_logpdf(x, params, cov, "gmm") + np.log(params["weights"])
+    posterior = np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
+    model = make_model("gmm", k, cov)
+    data = torch.as_tensor(x)
+    # MAP labels (temperature 0) are the argmax of the exact posterior.
+    labels = model.assignments(data, to_torch(params))
+    np.testing.assert_array_equal(labels.numpy(), posterior.argmax(1))
+    # Posterior draws (temperature 1): frequencies within 5 binomial standard errors.
+    draws = torch.stack([model.assignments(data, to_torch(params), sample=True)
+                         for _ in range(200)]).numpy()
+    freq = np.stack([(draws == j).mean(0) for j in range(k)], axis=1)
+    assert np.all(np.abs(freq - posterior) <= 5 * np.sqrt(posterior * (1 - posterior) / 200) + 1e-9)

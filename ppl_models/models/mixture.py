@@ -14,6 +14,8 @@ from typing import ClassVar
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
+from pyro.infer import infer_discrete
 from torch.distributions import constraints
 
 from ppl_models.data import check_data
@@ -371,6 +373,28 @@ class FiniteMixture:
         batch = components.batch_shape
         x = data.reshape(data.shape[0], *([1] * len(batch)), data.shape[-1])
         return components.log_prob(x) + params["weights"].log()
+
+    def assignments(
+        self,
+        data: torch.Tensor,
+        params: Mapping[str, torch.Tensor],
+        *,
+        sample: bool = False,
+    ) -> torch.Tensor:
+        r"""Cluster labels from Pyro's :func:`~pyro.infer.infer_discrete`, shape ``(N,)``.
+
+        ``sample=False`` gives the MAP label of each observation (``temperature=0``: a
+        Viterbi-like max-sum over the enumerated label); ``sample=True`` draws each label from
+        its exact posterior :math:`p(z_n \mid x_n, \theta)` (forward-filter backward-sample).
+        """
+        conditioned = poutine.condition(self.model, data=dict(params))
+        labelled = infer_discrete(
+            conditioned,
+            first_available_dim=-1 - self.max_plate_nesting,
+            temperature=1 if sample else 0,
+        )
+        trace = poutine.trace(labelled).get_trace(data)
+        return trace.nodes["assignment"]["value"]
 
     def responsibilities(
         self, data: torch.Tensor, params: Mapping[str, torch.Tensor]
