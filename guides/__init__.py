@@ -1,8 +1,10 @@
 """Guide families that swap with one argument: ``build(kind, model, **options)``.
 
-Each kind is a builder in :data:`KINDS`, a registry (name -> builder), so a new family joins by
-one entry. Pyro's autoguides do the numerical work; this package hides the model's enumerated
-sites from them and names the families:
+Each kind is a :class:`~guides.families.Family` in :data:`KINDS`, a registry (name -> family),
+so a new family joins by one entry. Pyro's autoguides do the numerical work; this package hides
+the model's enumerated sites from them (building on the model's ``marginal_model`` when it has
+one), joins global and local parts, names the families and refuses the ones that cannot serve a
+model:
 
 ========== ================================================ ===============================
 kind       family                                           Pyro class
@@ -13,97 +15,54 @@ full_rank  one multivariate Normal over all coordinates      ``AutoMultivariateN
 low_rank   Normal with low-rank-plus-diagonal covariance     ``AutoLowRankMultivariateNormal``
 flow       inverse autoregressive flow (Kingma et al. 2016)  ``AutoIAFNormal``
 laplace    Gaussian at the mode with the Hessian's inverse   ``AutoLaplaceApproximation``
+amortized  encoder for per-observation latents + a global    ``AutoGuideList``
+           kind (Kingma & Welling 2014)
 ========== ================================================ ===============================
 
 All of them live in the unconstrained space of the model's continuous latents, so draws have
 each site's support. A user's own callable guide is passed through unchanged.
+
+Modules: :mod:`guides.structure` (what is read from the model), :mod:`guides.families` (the
+registry and :func:`build`), :mod:`guides.amortized` (the encoder guide),
+:mod:`guides.laplace` (the checked Laplace approximation), :mod:`guides.flow` (the flow with a
+point summary).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from pyro.infer import autoguide
-
+from guides.amortized import AmortizedGuide, AmortizedNormal, Encoder
+from guides.families import GLOBAL_KINDS, KINDS, Family, applicable_kinds, build, refusal
+from guides.flow import IAFNormal
+from guides.laplace import LaplaceApproximation
 from guides.structure import (
+    LatentSite,
+    declared_create_plates,
+    declared_local_latents,
     enumerated_sites,
     global_latent_supports,
     guide_visible_model,
+    latent_sites,
     model_callable,
 )
 
 __all__ = [
+    "GLOBAL_KINDS",
     "KINDS",
+    "AmortizedGuide",
+    "AmortizedNormal",
+    "Encoder",
+    "Family",
+    "IAFNormal",
+    "LaplaceApproximation",
+    "LatentSite",
+    "applicable_kinds",
     "build",
+    "declared_create_plates",
+    "declared_local_latents",
     "enumerated_sites",
     "global_latent_supports",
     "guide_visible_model",
+    "latent_sites",
     "model_callable",
+    "refusal",
 ]
-
-
-def _map(model: Any, **options: Any) -> autoguide.AutoGuide:
-    return autoguide.AutoDelta(guide_visible_model(model), **options)
-
-
-def _mean_field(model: Any, **options: Any) -> autoguide.AutoGuide:
-    return autoguide.AutoNormal(guide_visible_model(model), **options)
-
-
-def _full_rank(model: Any, **options: Any) -> autoguide.AutoGuide:
-    return autoguide.AutoMultivariateNormal(guide_visible_model(model), **options)
-
-
-def _low_rank(model: Any, *, rank: int | None = None, **options: Any) -> autoguide.AutoGuide:
-    return autoguide.AutoLowRankMultivariateNormal(guide_visible_model(model), rank=rank, **options)
-
-
-def _flow(model: Any, *, num_transforms: int = 2, **options: Any) -> autoguide.AutoGuide:
-    return autoguide.AutoIAFNormal(
-        guide_visible_model(model), num_transforms=num_transforms, **options
-    )
-
-
-def _laplace(model: Any, **options: Any) -> autoguide.AutoGuide:
-    return autoguide.AutoLaplaceApproximation(guide_visible_model(model), **options)
-
-
-#: Registry of guide families: name -> builder(model, **options).
-KINDS: dict[str, Callable[..., Any]] = {
-    "map": _map,
-    "mean_field": _mean_field,
-    "full_rank": _full_rank,
-    "low_rank": _low_rank,
-    "flow": _flow,
-    "laplace": _laplace,
-}
-
-
-def build(kind: str | Callable, model: Any, **options: Any) -> Callable:
-    """A guide of family ``kind`` for ``model``.
-
-    Parameters
-    ----------
-    kind : str or callable
-        A key of :data:`KINDS`, or a user's guide callable (returned as it is).
-    model
-        A Pyro model, or a model object with ``model`` and ``enumerated_sites``.
-    **options
-        Passed to the family's Pyro class (``init_loc_fn``, ``init_scale``, ``rank``,
-        ``num_transforms``, ...).
-
-    Raises
-    ------
-    ValueError
-        For an unknown kind, listing the known ones.
-    """
-    model_callable(model)
-    if callable(kind):
-        return kind
-    builder = KINDS.get(kind)
-    if builder is None:
-        raise ValueError(
-            f"unknown guide kind {kind!r}; choose one of {sorted(KINDS)} or pass a callable"
-        )
-    return builder(model, **options)

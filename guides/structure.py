@@ -8,7 +8,10 @@ with a ``model`` method and optional attributes
   out in closed form (same site names);
 * ``local_plate`` / ``local_sites``: the per-observation plate and the latents inside it that an
   encoder can amortise;
-* ``max_plate_nesting``.
+* ``max_plate_nesting``;
+* ``create_plates(*args, **kwargs)``: the model's plates for given arguments, needed by guides
+  when the model subsamples a plate with explicit indices (Pyro's autoguide option of that
+  name), which a traced run with other arguments cannot show.
 
 What one traced run reveals (names, shapes, supports, plates) is read by :func:`latent_sites`.
 """
@@ -25,6 +28,7 @@ from torch.distributions.constraints import Constraint
 
 __all__ = [
     "LatentSite",
+    "declared_create_plates",
     "declared_local_latents",
     "enumerated_sites",
     "global_latent_supports",
@@ -60,6 +64,12 @@ def declared_local_latents(model: Any) -> tuple[str, ...]:
         return ()
     hidden = set(enumerated_sites(model))
     return tuple(s for s in getattr(model, "local_sites", ()) if s not in hidden)
+
+
+def declared_create_plates(model: Any) -> Callable | None:
+    """The model's ``create_plates`` method, if it declares one."""
+    fn = getattr(model, "create_plates", None)
+    return fn if callable(fn) else None
 
 
 def guide_visible_model(model: Any, hide: tuple[str, ...] = ()) -> Callable:

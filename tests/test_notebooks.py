@@ -29,6 +29,7 @@ def test_notebook_is_stored_without_outputs(path: Path):
 def test_notebook_runs_in_smoke_mode(path: Path, monkeypatch):
     monkeypatch.setenv("PPL_MODELS_SMOKE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(

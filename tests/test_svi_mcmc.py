@@ -51,7 +51,7 @@ def test_mean_field_guide_recovers_the_analytic_posterior(conjugate):
     # The posterior factorises over coordinates, so the mean-field family contains it.
     model, x, mean, sd = conjugate
     result = fit_svi(
-        model, x, guide="mean_field", num_steps=1500, lr=0.05, lr_decay=0.02,
+        model, x, guide="mean_field", num_steps=1500, lr=0.05, lr_decay=0.004,
         init="prior", num_draws=4000,
     )
     draws = result.draws["locs"].reshape(-1, 2)

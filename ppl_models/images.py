@@ -1,0 +1,295 @@
+r"""Image data sets for the VAE family: pixels in [0, 1] as a float tensor, labels if any.
+
+:func:`load_images` reads one source (a registry, :data:`IMAGE_SOURCES`):
+
+================================ =========================================================
+source                           what it reads
+================================ =========================================================
+``"digits"``                     scikit-learn's bundled 8x8 digits (1797 images, pixel / 16);
+                                 splits ``train`` (first 1500), ``test`` (last 297), ``all``
+``"mnist:DIR"``                  the four original idx files in DIR, gzipped or not
+                                 (``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte``,
+                                 ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``);
+                                 splits ``train`` (60000), ``test`` (10000); pixel / 255
+``"fashion-mnist:DIR"``          the same file names and format (Xiao et al. 2017)
+``"binarized-mnist:PATH"``       an ``.npz`` with uint8 {0, 1} arrays ``train``, ``valid``,
+                                 ``test`` of 784 columns and optionally ``test_labels``: the
+                                 fixed binarization of Larochelle & Murray (2011)
+================================ =========================================================
+
+Nothing is downloaded: MNIST-like files are read from the path you give.
+
+Binarization (``binarize``): ``"threshold"`` sets pixels above 0.5 to 1 and the rest to 0;
+``"dynamic"`` returns the intensities and leaves the binarization to the data loader, which
+draws every pixel afresh as :math:`\mathrm{Bernoulli}(\text{intensity})` each time a batch
+is drawn (Salakhutdinov & Murray 2008; pass ``binarize="dynamic"`` to
+:func:`ppl_models.infer.fit_svi`, which applies :class:`DynamicBinarizer` with a seeded
+generator in its ``DataLoader``).
+
+References
+----------
+LeCun, Y., Bottou, L., Bengio, Y. & Haffner, P. (1998). Gradient-based learning applied to
+document recognition. Proc. IEEE (MNIST and the idx format).
+Larochelle, H. & Murray, I. (2011). The neural autoregressive distribution estimator. AISTATS.
+Salakhutdinov, R. & Murray, I. (2008). On the quantitative analysis of deep belief networks.
+ICML.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "BINARIZE",
+    "IMAGE_SOURCES",
+    "DynamicBinarizer",
+    "binarize_threshold",
+    "load_images",
+    "read_idx",
+]
+
+#: Binarization options of :func:`load_images`.
+BINARIZE = (None, "threshold", "dynamic")
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_DIGITS_TRAIN = 1500
+
+
+# ---------------------------------------------------------------------------- idx files
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Parse an idx file (LeCun et al. 1998), gzipped or not, into an array.
+
+    The header is two zero bytes, a type code (``0x08`` unsigned byte, ...), the number of
+    dimensions ``n``, then ``n`` big-endian uint32 sizes; the data follow, and their length
+    must be the product of the sizes.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If the header is not an idx header or the data are shorter or longer than it says.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable gzip file ({exc})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        magic = raw[:4].hex() if raw else "empty"
+        raise ValueError(
+            f"{path}: not an idx file (magic number 0x{magic}; expected 0x0000080N for unsigned "
+            "bytes in N dimensions): the file is corrupt or of another format"
+        )
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise ValueError(f"{path}: truncated idx header ({len(raw)} bytes for {ndim} dims)")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(
+            f"{path}: the idx header says shape {shape} ({expected} bytes of data) but the "
+            f"file holds {len(raw) - header}: the file is truncated or corrupt"
+        )
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+
+
+def _find(directory: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    raise FileNotFoundError(
+        f"{directory}: neither {stem} nor {stem}.gz found (an MNIST-format folder holds "
+        "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        "t10k-labels-idx1-ubyte, each optionally .gz)"
+    )
+
+
+def _load_idx_folder(location: str | None, split: str) -> tuple[np.ndarray, np.ndarray]:
+    directory = _required_path(location, "a folder of idx files")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: not a folder")
+    _check_split(split, tuple(_IDX_FILES), "MNIST-format")
+    images_path, labels_path = (_find(directory, stem) for stem in _IDX_FILES[split])
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(
+            f"{images_path}: expected unsigned-byte images of shape (N, rows, cols); got "
+            f"{images.dtype} of shape {images.shape}"
+        )
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"{labels_path}: expected {images.shape[0]} labels for {images_path.name}; got "
+            f"shape {labels.shape}"
+        )
+    return images.astype(np.float32) / 255.0, labels
+
+
+# ---------------------------------------------------------------------------- other sources
+def _load_digits(location: str | None, split: str) -> tuple[np.ndarray, np.ndarray]:
+    if location is not None:
+        raise ValueError(
+            f"'digits' is bundled with scikit-learn and takes no path; got {location!r}"
+        )
+    _check_split(split, ("train", "test", "all"), "digits")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError(
+            "source 'digits' needs scikit-learn (pip install scikit-learn)"
+        ) from None
+    bunch = load_digits()
+    images, labels = bunch.images.astype(np.float32) / 16.0, bunch.target
+    rows = {"train": slice(0, _DIGITS_TRAIN), "test": slice(_DIGITS_TRAIN, None)}
+    part = rows.get(split, slice(None))
+    return images[part], labels[part]
+
+
+def _load_binarized(location: str | None, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+    path = _required_path(location, "an .npz file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    _check_split(split, ("train", "valid", "test"), "binarized-mnist")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable .npz archive ({exc})") from None
+    with archive:
+        missing = sorted({"train", "valid", "test"} - set(archive.files))
+        if missing:
+            raise ValueError(
+                f"{path}: binarized MNIST needs arrays 'train', 'valid', 'test'; missing "
+                f"{missing} (found {sorted(archive.files)})"
+            )
+        images = archive[split]
+        key = f"{split}_labels"
+        labels = archive[key] if key in archive.files else None
+    if images.ndim != 2 or images.shape[1] != 784:
+        raise ValueError(f"{path}: array '{split}' must be (N, 784); got {images.shape}")
+    if not np.isin(images, (0, 1)).all():
+        raise ValueError(f"{path}: array '{split}' must hold only 0 and 1 (binarized pixels)")
+    if labels is not None and labels.shape != (images.shape[0],):
+        raise ValueError(
+            f"{path}: '{key}' must hold one label per image ({images.shape[0]}); got "
+            f"{labels.shape}"
+        )
+    return images.reshape(-1, 28, 28).astype(np.float32), labels
+
+
+#: Registry of image sources: name -> reader(location or None, split) -> (images, labels).
+IMAGE_SOURCES: dict[str, Callable[[str | None, str], tuple[np.ndarray, np.ndarray | None]]] = {
+    "digits": _load_digits,
+    "mnist": _load_idx_folder,
+    "fashion-mnist": _load_idx_folder,
+    "binarized-mnist": _load_binarized,
+}
+
+
+def _required_path(location: str | None, what: str) -> Path:
+    if not location:
+        raise ValueError(f"this source needs {what}: write it as 'NAME:PATH'")
+    return Path(location).expanduser()
+
+
+def _check_split(split: str, known: tuple[str, ...], source: str) -> None:
+    if split not in known:
+        raise ValueError(f"unknown split {split!r} for {source}; choose one of {list(known)}")
+
+
+# ---------------------------------------------------------------------------- binarization
+def binarize_threshold(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Pixels above ``threshold`` become 1, the others 0 (same dtype)."""
+    return (x > threshold).to(x.dtype)
+
+
+class DynamicBinarizer:
+    r"""Draw binary pixels :math:`b \sim \mathrm{Bernoulli}(x)` afresh at each call.
+
+    Seeded by its own generator, so a fit is reproducible and the global RNG is untouched.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bernoulli(x, generator=self.generator)
+
+
+# ---------------------------------------------------------------------------- entry point
+def load_images(
+    source: str,
+    *,
+    split: str = "train",
+    binarize: str | None = None,
+    flatten: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Load an image data set as pixels in [0, 1].
+
+    Parameters
+    ----------
+    source : str
+        ``"digits"``, ``"mnist:DIR"``, ``"fashion-mnist:DIR"`` or ``"binarized-mnist:PATH"``
+        (see the module docstring).
+    split : str
+        ``"train"`` or ``"test"`` (``"valid"`` for binarized MNIST, ``"all"`` for digits).
+    binarize : {None, "threshold", "dynamic"}
+        ``None``/``"dynamic"``: intensities (``"dynamic"`` says they are to be binarized
+        afresh per batch, by :func:`ppl_models.infer.fit_svi` with ``binarize="dynamic"``);
+        ``"threshold"``: pixels above 0.5 set to 1, others to 0.
+    flatten : bool
+        ``(N, H*W)`` (what the models take) or ``(N, 1, H, W)``.
+    dtype : torch.dtype
+        Floating-point dtype of the pixels.
+
+    Returns
+    -------
+    images : Tensor
+        ``(N, H*W)`` or ``(N, 1, H, W)``, values in [0, 1].
+    labels : Tensor or None
+        ``(N,)`` int64 class labels, or None when the source has none (binarized MNIST's
+        ``train`` and ``valid``).
+
+    Raises
+    ------
+    ValueError
+        Unknown source, split or binarize option; a corrupt idx file or npz archive.
+    FileNotFoundError
+        A missing folder or file.
+    """
+    if not isinstance(source, str):
+        raise ValueError(f"source must be a string such as 'digits' or 'mnist:DIR'; got {source!r}")
+    name, _, location = source.partition(":")
+    reader = IMAGE_SOURCES.get(name)
+    if reader is None:
+        raise ValueError(
+            f"unknown image source {name!r}; choose one of {sorted(IMAGE_SOURCES)} (with "
+            "':PATH' for the ones read from files)"
+        )
+    if binarize not in BINARIZE:
+        raise ValueError(f"binarize must be one of {list(BINARIZE)}; got {binarize!r}")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype; got {dtype!r}")
+    images, labels = reader(location or None, split)
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(dtype)
+    if binarize == "threshold":
+        x = binarize_threshold(x)
+    x = x.reshape(x.shape[0], -1) if flatten else x.reshape(x.shape[0], 1, *x.shape[1:])
+    y = None if labels is None else torch.from_numpy(labels.astype(np.int64))
+    return x, y

@@ -1,0 +1,332 @@
+r"""VAEs with mixture priors: a learned mixture of Gaussians, the VampPrior, and the GMVAE.
+
+Two priors for :class:`~ppl_models.models.vae.VAE` (registered in
+:data:`~ppl_models.models.vae.LATENT_PRIORS` as ``"mog"`` and ``"vamp"``):
+
+* :class:`MixtureOfGaussiansPrior`: :math:`p_\lambda(z) = \sum_k \pi_k
+  \mathcal N(z; m_k, \mathrm{diag}\, s_k^2)` with learned weights, means and scales;
+* :class:`VampPrior`: :math:`p_\lambda(z) = \frac1K \sum_k q_\phi(z \mid u_k)`, the
+  aggregate posterior of K learned pseudo-inputs :math:`u_k` (Tomczak & Welling 2018).
+
+and one model with an explicit discrete latent, :class:`GMVAE`, in which the cluster label
+is summed out exactly by ``TraceEnum_ELBO`` (Dilokthanakul et al. 2016; Rui Shu's GMVAE).
+
+References
+----------
+Tomczak, J. M. & Welling, M. (2018). VAE with a VampPrior. AISTATS.
+Dilokthanakul, N. et al. (2016). Deep unsupervised clustering with Gaussian mixture
+variational autoencoders. arXiv:1611.02648.
+Shu, R. (2016). Gaussian mixture VAE: lessons in variational inference, generative models,
+and deep nets. Blog post, ruishu.io/2016/12/25/gmvae.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ppl_models.models.vae import LATENT_PRIORS, VAE, LatentPrior, _positive_int
+from ppl_models.nn import make_classifier, make_encoder
+
+__all__ = ["GMVAE", "MixtureOfGaussiansPrior", "VampPrior"]
+
+
+class MixtureOfGaussiansPrior(LatentPrior):
+    r"""A learned mixture of K diagonal Gaussians over the code.
+
+    .. math:: p_\lambda(z) = \sum_{k=1}^K \pi_k\, \mathcal N(z; m_k, \mathrm{diag}\, s_k^2),
+        \qquad \pi = \mathrm{softmax}(\alpha)
+
+    Means start at standard Normal draws (so the components differ), scales at 1, weights
+    uniform. ``learn_weights=False`` keeps :math:`\pi` uniform.
+    """
+
+    name = "mog"
+
+    def __init__(self, n_components: int = 10, *, learn_weights: bool = True) -> None:
+        super().__init__()
+        self.n_components = _positive_int(n_components, "n_components")
+        self.learn_weights = bool(learn_weights)
+
+    def build(self, latent_dim: int, input_dim: int, domain: str) -> None:
+        super().build(latent_dim, input_dim, domain)
+        k = self.n_components
+        self.locs = nn.Parameter(torch.randn(k, latent_dim))
+        self.log_scales = nn.Parameter(torch.zeros(k, latent_dim))
+        if self.learn_weights:
+            self.logits = nn.Parameter(torch.zeros(k))
+        else:
+            self.register_buffer("logits", torch.zeros(k))
+
+    def log_weights(self) -> torch.Tensor:
+        r""":math:`\log \pi`, shape ``(K,)``."""
+        return torch.log_softmax(self.logits, -1)
+
+    def components(self) -> dist.Distribution:
+        r""":math:`\mathcal N(m_k, \mathrm{diag}\, s_k^2)`, batch ``(K,)``, event ``(L,)``."""
+        return dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
+
+    def distribution(self, vae: Any) -> dist.Distribution:
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), self.components())
+
+    def config(self) -> dict:
+        return {"name": self.name, "n_components": self.n_components,
+                "learn_weights": self.learn_weights}
+
+
+class VampPrior(LatentPrior):
+    r"""The variational mixture of posteriors prior (Tomczak & Welling 2018).
+
+    .. math:: p_\lambda(z) = \frac1K \sum_{k=1}^K q_\phi(z \mid u_k)
+
+    with K learned pseudo-inputs :math:`u_k`, pushed through the model's own encoder. For
+    image likelihoods (data in [0, 1]) the pseudo-inputs are :math:`\sigma(a_k)` of free
+    parameters :math:`a_k` (started near 0.5 gray); for real data they are free.
+    """
+
+    name = "vamp"
+    uses_encoder = True
+
+    def __init__(self, n_pseudo: int = 50) -> None:
+        super().__init__()
+        self.n_pseudo = _positive_int(n_pseudo, "n_pseudo")
+        self.domain = "real"
+
+    def build(self, latent_dim: int, input_dim: int, domain: str) -> None:
+        super().build(latent_dim, input_dim, domain)
+        self.domain = domain
+        self.raw_inputs = nn.Parameter(0.1 * torch.randn(self.n_pseudo, input_dim))
+
+    def pseudo_inputs(self) -> torch.Tensor:
+        """The K pseudo-inputs ``(K, D)``, in the data's domain."""
+        return torch.sigmoid(self.raw_inputs) if self.domain == "unit" else self.raw_inputs
+
+    def distribution(self, vae: Any) -> dist.Distribution:
+        loc, scale = vae.encoder(self.pseudo_inputs())
+        mixing = dist.Categorical(logits=torch.zeros(self.n_pseudo, dtype=loc.dtype))
+        return dist.MixtureSameFamily(mixing, dist.Normal(loc, scale).to_event(1))
+
+    def config(self) -> dict:
+        return {"name": self.name, "n_pseudo": self.n_pseudo}
+
+
+LATENT_PRIORS.update({MixtureOfGaussiansPrior.name: MixtureOfGaussiansPrior,
+                      VampPrior.name: VampPrior})
+
+
+class GMVAE(VAE):
+    r"""Gaussian-mixture VAE with the cluster label enumerated exactly.
+
+    .. math::
+
+        y_n \sim \mathrm{Categorical}(1/K), \quad z_n \mid y_n \sim
+            \mathcal N(m_{y_n}, \mathrm{diag}\, s_{y_n}^2), \quad
+        x_n \mid z_n \sim \prod_d f(x_{nd} \mid \eta_\theta(z_n)_d)
+
+    (Dilokthanakul et al. 2016; Shu 2016). The label is never sampled:
+
+    * ``conditional_encoder=True`` (Shu's factorisation): the guide is
+      :math:`q(y \mid x)\, q(z \mid x, y)` with ``y`` enumerated in parallel in the guide, so
+      the ELBO is the exact sum
+      :math:`\sum_y q(y \mid x) \{ \mathbb E_{q(z \mid x, y)}[\log p(x \mid z) + \log p(z \mid y)
+      - \log q(z \mid x, y)] + \log p(y) - \log q(y \mid x) \}`;
+    * ``conditional_encoder=False``: the guide is :math:`q(z \mid x)` and the model sums the
+      label out, :math:`\mathbb E_{q(z \mid x)}[\log p(x \mid z) + \log \sum_y p(y)
+      p(z \mid y) - \log q(z \mid x)]`; the label's posterior given the code,
+      :math:`p(y \mid z) \propto p(y) p(z \mid y)`, is then exact.
+
+    ``TraceEnum_ELBO`` (``max_plate_nesting=1``) computes either; the per-observation terms of
+    :meth:`elbo_terms` are ``reconstruction``, ``kl_z`` and ``kl_y`` (their difference is the
+    ELBO).
+
+    Parameters
+    ----------
+    input_dim, latent_dim
+        As :class:`~ppl_models.models.vae.VAE`.
+    n_clusters : int
+        K, the number of values of the label.
+    conditional_encoder : bool
+        :math:`q(z \mid x, y)` and :math:`q(y \mid x)` (True) or :math:`q(z \mid x)` (False).
+    **options
+        ``likelihood``, ``architecture``, ``hidden``, ``activation``, ``obs_scale`` as for
+        :class:`~ppl_models.models.vae.VAE` (the prior is the mixture above).
+    """
+
+    enumerated_sites: ClassVar[tuple[str, ...]] = ("y",)
+    term_names: ClassVar[tuple[str, ...]] = ("reconstruction", "kl_z", "kl_y")
+    name: ClassVar[str] = "gmvae"
+
+    def __init__(
+        self,
+        input_dim: int,
+        latent_dim: int = 10,
+        n_clusters: int = 10,
+        *,
+        conditional_encoder: bool = True,
+        likelihood: str = "bernoulli",
+        architecture: str = "mlp",
+        hidden: Sequence[int] | int = (256,),
+        activation: str = "relu",
+        obs_scale: float | None = None,
+    ) -> None:
+        self.n_clusters = _positive_int(n_clusters, "n_clusters")
+        self.conditional_encoder = bool(conditional_encoder)
+        super().__init__(
+            input_dim,
+            latent_dim,
+            likelihood=likelihood,
+            prior=MixtureOfGaussiansPrior(n_clusters, learn_weights=False),
+            architecture=architecture,
+            hidden=hidden,
+            activation=activation,
+            obs_scale=obs_scale,
+        )
+        if self.conditional_encoder:
+            self.classifier = make_classifier(
+                architecture, self.input_dim, self.n_clusters, self.hidden, activation
+            )
+
+    def _make_encoder(self) -> nn.Module:
+        context = self.n_clusters if self.conditional_encoder else 0
+        return make_encoder(self.architecture, self.input_dim, self.latent_dim, self.hidden,
+                            self.activation, context_dim=context)
+
+    @property
+    def inference_modules(self) -> dict[str, nn.Module]:
+        if self.conditional_encoder:
+            return {"encoder": self.encoder, "classifier": self.classifier}
+        return {"encoder": self.encoder}
+
+    def config(self) -> dict:
+        config = super().config()
+        del config["prior"]
+        return {**config, "n_clusters": self.n_clusters,
+                "conditional_encoder": self.conditional_encoder}
+
+    # ------------------------------------------------------------------ distributions
+    def label_prior(self) -> dist.Categorical:
+        """:math:`p(y)`, uniform over the K labels."""
+        return dist.Categorical(logits=self.prior.logits)
+
+    def code_given_label(self, y: torch.Tensor | None = None) -> dist.Distribution:
+        r""":math:`p(z \mid y)`; every label stacked (batch ``(K,)``) when ``y`` is None."""
+        components = self.prior.components()
+        if y is None:
+            return components
+        return dist.Normal(self.prior.locs[y], self.prior.log_scales[y].exp()).to_event(1)
+
+    def label_posterior_logits(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Logits ``(B, K)`` of the label given ``x``.
+
+        ``conditional_encoder=True``: :math:`q(y \mid x)`. Otherwise :math:`\log p(y \mid z)`
+        at :math:`z = \mathbb E_q[z \mid x]`, exact given the code.
+        """
+        if self.conditional_encoder:
+            return self.classifier(x)
+        loc, _ = self.encoder(x)
+        return torch.log_softmax(self._log_joint_code_labels(loc), -1)
+
+    def _log_joint_code_labels(self, z: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log p(y) + \log p(z \mid y)` for every label: ``(..., K)``."""
+        return self.code_given_label().log_prob(z.unsqueeze(-2)) + self.prior.log_weights()
+
+    def _encode_given(self, x: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
+        context = F.one_hot(y, self.n_clusters) if self.conditional_encoder else None
+        loc, scale = self.encoder(x, context)
+        return dist.Normal(loc, scale).to_event(1)
+
+    # ------------------------------------------------------------------ Pyro model and guide
+    def model(
+        self,
+        x: torch.Tensor | None = None,
+        *,
+        n_obs: int | None = None,
+        subsample: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        r"""``y ~ p(y)`` (enumerated), ``z ~ p(z | y)``, ``x ~ p(x | z)`` in the plate."""
+        for name, module in self.generative_modules.items():
+            pyro.module(name, module)
+        with self._plate(x, n_obs, subsample):
+            y = pyro.sample("y", self.label_prior(), infer={"enumerate": "parallel"})
+            z = pyro.sample("z", self.code_given_label(y))
+            return pyro.sample(self.observed_site, self.decode(z), obs=x)
+
+    def guide(
+        self,
+        x: torch.Tensor,
+        *,
+        n_obs: int | None = None,
+        subsample: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        r""":math:`q(y \mid x)\, q(z \mid x, y)` (``y`` enumerated) or :math:`q(z \mid x)`."""
+        for name, module in self.inference_modules.items():
+            pyro.module(name, module)
+        with self._plate(x, n_obs, subsample):
+            if not self.conditional_encoder:
+                return pyro.sample("z", self.encode(x))
+            y = pyro.sample(
+                "y",
+                dist.Categorical(logits=self.classifier(x)),
+                infer={"enumerate": "parallel"},
+            )
+            return pyro.sample("z", self._encode_given(x, y))
+
+    # ------------------------------------------------------------------ closed forms
+    def log_importance_weights(self, x: torch.Tensor, num_particles: int) -> torch.Tensor:
+        r"""``(S, B)`` log weights with the label summed out of both :math:`p` and :math:`q`.
+
+        :math:`\log p(x \mid z) + \log \sum_y p(y) p(z \mid y) - \log q(z \mid x)`, where for
+        the conditional encoder :math:`q(z \mid x) = \sum_y q(y \mid x) q(z \mid x, y)` and
+        :math:`z \sim q(y \mid x) q(z \mid x, y)`.
+        """
+        if not self.conditional_encoder:
+            return super().log_importance_weights(x, num_particles)
+        log_qy = torch.log_softmax(self.classifier(x), -1)  # (B, K)
+        y = dist.Categorical(logits=log_qy).sample((num_particles,))  # (S, B)
+        labels = torch.arange(self.n_clusters, device=x.device)
+        q_all = self._encode_given(x, labels[:, None])  # batch (K, B)
+        loc, scale = q_all.base_dist.loc, q_all.base_dist.scale  # (K, B, L)
+        rows = torch.arange(x.shape[0], device=x.device)
+        z = dist.Normal(loc[y, rows], scale[y, rows]).rsample()  # (S, B, L)
+        # log q(z | x) = logsumexp_y [log q(y | x) + log q(z | x, y)]
+        log_qz_y = q_all.log_prob(z.unsqueeze(1))  # (S, K, B)
+        log_qz = torch.logsumexp(log_qz_y + log_qy.T, 1)
+        log_pz = torch.logsumexp(self._log_joint_code_labels(z), -1)
+        return self.decode(z).log_prob(x) + log_pz - log_qz
+
+    def elbo_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        r"""Per-observation ``reconstruction``, ``kl_z``, ``kl_y`` ``(B,)``, exact in ``y``.
+
+        Conditional encoder: one :math:`z_y \sim q(z \mid x, y)` per label;
+        ``reconstruction`` :math:`= \sum_y q(y|x) \log p(x|z_y)`, ``kl_z`` :math:`= \sum_y
+        q(y|x) [\log q(z_y|x,y) - \log p(z_y|y)]`, ``kl_y`` :math:`= \mathrm{KL}(q(y|x) \|
+        p(y))`. Otherwise, with one :math:`z \sim q(z|x)` and the exact :math:`r(y) = p(y|z)`:
+        ``kl_z`` :math:`= \log q(z|x) - \sum_y r(y) \log p(z|y)`, ``kl_y`` :math:`=
+        \mathrm{KL}(r \| p(y))`, which add up to :math:`\log q(z|x) - \log p(z)`.
+        """
+        log_py = self.prior.log_weights()
+        if not self.conditional_encoder:
+            q = self.encode(x)
+            z = q.rsample()
+            log_joint = self._log_joint_code_labels(z)  # (B, K)
+            r = torch.softmax(log_joint, -1)
+            log_pz_y = log_joint - log_py
+            kl_z = q.log_prob(z) - (r * log_pz_y).sum(-1)
+            kl_y = (r * (torch.log_softmax(log_joint, -1) - log_py)).sum(-1)
+            return {"reconstruction": self.decode(z).log_prob(x), "kl_z": kl_z, "kl_y": kl_y}
+        log_qy = torch.log_softmax(self.classifier(x), -1)  # (B, K)
+        qy = log_qy.exp()
+        labels = torch.arange(self.n_clusters, device=x.device)
+        q = self._encode_given(x, labels[:, None])  # batch (K, B)
+        z = q.rsample()  # (K, B, L)
+        log_pz_y = self.code_given_label(labels[:, None]).log_prob(z)  # (K, B)
+        rec = (qy.T * self.decode(z).log_prob(x)).sum(0)
+        kl_z = (qy.T * (q.log_prob(z) - log_pz_y)).sum(0)
+        kl_y = (qy * (log_qy - log_py)).sum(-1)
+        return {"reconstruction": rec, "kl_z": kl_z, "kl_y": kl_y}
