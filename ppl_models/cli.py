@@ -2,7 +2,9 @@
 
 ``ppl-models fit gmm`` with no other argument fits a two-component Gaussian mixture to the
 bundled Old Faithful data by EM and writes ``metrics.json``, ``summary.csv``,
-``inference_data.nc`` and PNG plots into ``runs/gmm-em``.
+``inference_data.nc`` and PNG plots into ``runs/gmm-em``. ``ppl-models fit vae`` trains a
+variational autoencoder on the bundled 8x8 digits (or MNIST-like files) and writes
+``metrics.json``, a checkpoint and PNGs (:mod:`ppl_models.vae_cli`).
 """
 
 from __future__ import annotations
@@ -53,12 +55,21 @@ def _parser() -> argparse.ArgumentParser:
         description="Fit a model; with no options, a 2-component GMM on Old Faithful by EM.",
     )
     fit.add_argument(
-        "model", nargs="?", default="gmm", choices=sorted(MODELS), help="which model (gmm)"
+        "model", nargs="?", default="gmm", choices=sorted([*MODELS, *_FIT_RUNNERS]),
+        help="which model (gmm)",
     )
-    fit.add_argument("--data", default="faithful", help="bundled name or a .csv/.npz path")
+    fit.add_argument(
+        "--data",
+        help="mixtures: bundled name or a .csv/.npz path (default faithful); vae: digits "
+        "(default), mnist:DIR, fashion-mnist:DIR or binarized-mnist:PATH",
+    )
     fit.add_argument("--columns", help="comma-separated columns to use (default: all)")
     fit.add_argument("--standardize", action="store_true", help="centre and scale each column")
-    fit.add_argument("--components", type=_positive_int, default=2, help="K (default 2)")
+    fit.add_argument(
+        "--components", type=_positive_int,
+        help="K: mixture components (default 2); vae: mog components, vamp pseudo-inputs or "
+        "gmvae labels (default 10)",
+    )
     fit.add_argument(
         "--covariance-type", default="full", choices=("full", "diag", "spherical")
     )
@@ -75,6 +86,17 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", type=Path, help="output folder (default runs/MODEL-METHOD)")
     fit.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     fit.add_argument("--quiet", action="store_true", help="no progress bar, no summary table")
+    vae = fit.add_argument_group("vae options")
+    vae.add_argument("--prior", choices=("standard", "mog", "vamp", "gmvae"),
+                     help="latent prior of the VAE (default standard)")
+    vae.add_argument("--latent-dim", type=_positive_int, help="size of the code (default 10)")
+    vae.add_argument("--epochs", type=_positive_int, help="training epochs (default 20)")
+    vae.add_argument("--batch-size", type=_positive_int, help="minibatch size (default 100)")
+    vae.add_argument("--likelihood", choices=("bernoulli", "continuous_bernoulli", "gaussian"),
+                     help="pixel density (default bernoulli, on thresholded pixels)")
+    vae.add_argument("--particles", type=_positive_int,
+                     help="importance samples of the test log-likelihood (default 1000)")
+    vae.add_argument("--kl-warmup", type=int, help="epochs of KL warm-up (default 0)")
     fit.set_defaults(run=_fit)
     for add_subcommand in _subcommands():
         add_subcommand(commands)
@@ -83,7 +105,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _subcommands() -> list[Callable[[Any], None]]:
     """Subcommands beyond ``fit``: each module registers its parser and its ``run``."""
-    return []
+    from ppl_models.workflows import compare_cli, select_k_cli
+
+    return [compare_cli.add_subcommand, select_k_cli.add_subcommand]
 
 
 def _em(model, data, args, columns):
@@ -138,7 +162,7 @@ def _build_model(name: str, args: argparse.Namespace):
 
     cls = MODELS[name]
     offered = {
-        "n_components": args.components,
+        "n_components": args.components or 2,
         "covariance_type": args.covariance_type,
         "df": args.df,
     }
@@ -176,14 +200,54 @@ def metrics(result) -> dict[str, Any]:
             for k, v in out.items()}
 
 
+#: Options of ``fit vae`` and their defaults there; a mixture refuses them.
+_VAE_DEFAULTS: dict[str, Any] = {
+    "prior": "standard",
+    "latent_dim": 10,
+    "epochs": 20,
+    "batch_size": 100,
+    "likelihood": "bernoulli",
+    "particles": 1000,
+    "kl_warmup": 0,
+    "components": 10,
+}
+
+
+def _fit_vae(args: argparse.Namespace) -> int:
+    from ppl_models import vae_cli
+
+    for flag in ("columns", "steps"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag} does not apply to fit vae (see --epochs, --batch-size)")
+    if args.kl_warmup is not None and args.kl_warmup < 0:
+        raise ValueError(f"--kl-warmup must be 0 or more epochs; got {args.kl_warmup}")
+    for name, default in _VAE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    return vae_cli.run(args)
+
+
+#: ``fit`` targets with their own runner (the mixtures of ``MODELS`` use :func:`_fit_mixture`).
+_FIT_RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {"vae": _fit_vae}
+
+
 def _fit(args: argparse.Namespace) -> int:
+    return _FIT_RUNNERS.get(args.model, _fit_mixture)(args)
+
+
+def _fit_mixture(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ppl_models.data import load
     from ppl_models.diagnostics import save_plots, summarize, to_inference_data
 
+    given = [name for name in _VAE_DEFAULTS if name != "components"
+             and getattr(args, name) is not None]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise ValueError(f"{flag} applies to fit vae only, not to fit {args.model}")
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
-    data, names = load(args.data, columns=columns, standardize=args.standardize)
+    data, names = load(args.data or "faithful", columns=columns, standardize=args.standardize)
     model = _build_model(args.model, args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)

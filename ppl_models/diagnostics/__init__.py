@@ -27,3 +27,31 @@ __all__ = [
     "summarize",
     "to_inference_data",
 ]
+
+from ppl_models.diagnostics.clustering import (
+    assign_clusters,
+    cluster_accuracy,
+    cluster_confusion,
+    match_clusters,
+)
+from ppl_models.diagnostics.vae_plots import (
+    plot_cluster_samples,
+    plot_interpolations,
+    plot_latent_map,
+    plot_prior_samples,
+    plot_reconstructions,
+    save_vae_plots,
+)
+
+__all__ += [
+    "assign_clusters",
+    "cluster_accuracy",
+    "cluster_confusion",
+    "match_clusters",
+    "plot_cluster_samples",
+    "plot_interpolations",
+    "plot_latent_map",
+    "plot_prior_samples",
+    "plot_reconstructions",
+    "save_vae_plots",
+]

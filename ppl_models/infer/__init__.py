@@ -1,8 +1,18 @@
 """Drivers: free functions that fit any model and return one :class:`FitResult`."""
 
 from ppl_models.infer.em import fit_em, kmeans_plus_plus
+from ppl_models.infer.evaluation import elbo_terms, log_marginal_likelihood
 from ppl_models.infer.mcmc import fit_mcmc
 from ppl_models.infer.result import FitResult
-from ppl_models.infer.svi import fit_svi
+from ppl_models.infer.svi import fit_svi, load_checkpoint
 
-__all__ = ["FitResult", "fit_em", "fit_mcmc", "fit_svi", "kmeans_plus_plus"]
+__all__ = [
+    "FitResult",
+    "elbo_terms",
+    "fit_em",
+    "fit_mcmc",
+    "fit_svi",
+    "kmeans_plus_plus",
+    "load_checkpoint",
+    "log_marginal_likelihood",
+]
