@@ -8,6 +8,7 @@ out. Subclasses say only what a component's distribution is.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -39,7 +40,7 @@ GLOBAL_SITES: dict[str, SiteSpec] = {
 }
 
 
-class FiniteMixture:
+class FiniteMixture(ABC):
     r"""Base class: a K-component mixture with an enumerated label.
 
     .. math::
@@ -233,13 +234,13 @@ class FiniteMixture:
             for name in self.site_shapes(n_features)
         }
         if "weights" not in values:
-            values["weights"] = torch.ones(1)
+            values["weights"] = torch.ones(1, dtype=values["locs"].dtype)
         return values
 
     # ------------------------------------------------------------------ the model
+    @abstractmethod
     def component_distribution(self, params: Mapping[str, torch.Tensor]) -> dist.Distribution:
         """The batch of component densities, batch shape ``(..., K)``, event ``(D,)``."""
-        raise NotImplementedError  # abstract: each mixture says what a component is
 
     def model(
         self,

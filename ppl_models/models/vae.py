@@ -35,6 +35,7 @@ Tipping, M. E. & Bishop, C. M. (1999). Probabilistic principal component analysi
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -62,7 +63,7 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------- likelihoods
-class Likelihood(nn.Module):
+class Likelihood(nn.Module, ABC):
     r"""A factorised pixel likelihood :math:`p(x \mid z) = \prod_d f(x_d \mid \eta_d)`.
 
     Called on the decoder's output ``eta`` (``(..., D)``), it returns a Pyro distribution of
@@ -78,8 +79,9 @@ class Likelihood(nn.Module):
             raise ValueError(f"likelihood '{self.name}' takes no obs_scale; got {scale!r}")
         self.output_dim = output_dim
 
+    @abstractmethod
     def forward(self, eta: torch.Tensor) -> dist.Distribution:
-        raise NotImplementedError  # abstract: each likelihood says what f is
+        """The distribution of an observation given the decoder's output ``eta``."""
 
     def validate(self, x: torch.Tensor) -> None:
         """Refuse data outside the likelihood's support, naming the fix."""
@@ -167,7 +169,7 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
 
 
 # ---------------------------------------------------------------------------- priors
-class LatentPrior(nn.Module):
+class LatentPrior(nn.Module, ABC):
     r"""A prior :math:`p_\lambda(z)` over the latent code, possibly with learned parameters.
 
     Subclasses create their parameters in :meth:`build` (called by the model once the
@@ -194,8 +196,9 @@ class LatentPrior(nn.Module):
             )
         self.latent_dim = latent_dim
 
+    @abstractmethod
     def distribution(self, vae: Any) -> dist.Distribution:
-        raise NotImplementedError  # abstract
+        """The prior :math:`p(z)` as a distribution with event shape ``(latent_dim,)``."""
 
     def config(self) -> dict:
         """JSON-ready description."""
