@@ -20,17 +20,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ppl_models.cli_args import positive_int
+
 __all__ = ["main"]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number; got {value}")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--columns", help="comma-separated columns to use (default: all)")
     fit.add_argument("--standardize", action="store_true", help="centre and scale each column")
     fit.add_argument(
-        "--components", type=_positive_int,
+        "--components", type=positive_int,
         help="K: mixture components (default 2); vae: mog components, vamp pseudo-inputs or "
         "gmvae labels (default 10)",
     )
@@ -76,12 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--df", type=float, default=4.0, help="Student-t degrees of freedom")
     fit.add_argument("--method", default="em", choices=sorted(_DRIVERS), help="fitting method")
     fit.add_argument("--guide", default="mean_field", help="SVI guide kind (default mean_field)")
-    fit.add_argument("--n-init", type=_positive_int, default=1, help="EM restarts")
+    fit.add_argument("--n-init", type=positive_int, default=1, help="EM restarts")
     fit.add_argument(
-        "--steps", type=_positive_int, help="EM iterations / SVI steps / NUTS draws per chain"
+        "--steps", type=positive_int, help="EM iterations / SVI steps / NUTS draws per chain"
     )
-    fit.add_argument("--warmup", type=_positive_int, default=300, help="NUTS warm-up steps")
-    fit.add_argument("--chains", type=_positive_int, default=2, help="NUTS chains")
+    fit.add_argument("--warmup", type=positive_int, default=300, help="NUTS warm-up steps")
+    fit.add_argument("--chains", type=positive_int, default=2, help="NUTS chains")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--out", type=Path, help="output folder (default runs/MODEL-METHOD)")
     fit.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -89,12 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     vae = fit.add_argument_group("vae options")
     vae.add_argument("--prior", choices=("standard", "mog", "vamp", "gmvae"),
                      help="latent prior of the VAE (default standard)")
-    vae.add_argument("--latent-dim", type=_positive_int, help="size of the code (default 10)")
-    vae.add_argument("--epochs", type=_positive_int, help="training epochs (default 20)")
-    vae.add_argument("--batch-size", type=_positive_int, help="minibatch size (default 100)")
+    vae.add_argument("--latent-dim", type=positive_int, help="size of the code (default 10)")
+    vae.add_argument("--epochs", type=positive_int, help="training epochs (default 20)")
+    vae.add_argument("--batch-size", type=positive_int, help="minibatch size (default 100)")
     vae.add_argument("--likelihood", choices=("bernoulli", "continuous_bernoulli", "gaussian"),
                      help="pixel density (default bernoulli, on thresholded pixels)")
-    vae.add_argument("--particles", type=_positive_int,
+    vae.add_argument("--particles", type=positive_int,
                      help="importance samples of the test log-likelihood (default 1000)")
     vae.add_argument("--kl-warmup", type=int, help="epochs of KL warm-up (default 0)")
     fit.set_defaults(run=_fit)

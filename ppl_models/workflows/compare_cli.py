@@ -15,27 +15,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ppl_models.cli_args import non_negative_int, positive_int
+
 __all__ = ["add_subcommand", "run"]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number; got {value}")
-    return value
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative whole number; got {value}")
-    return value
 
 
 def _seeds(text: str) -> int | list[int]:
@@ -86,7 +72,7 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--data", default="faithful", help="bundled name or a .csv/.npz path")
     parser.add_argument("--columns", help="comma-separated columns to use (default: all)")
     parser.add_argument("--standardize", action="store_true", help="centre and scale each column")
-    parser.add_argument("--components", type=_positive_int, default=2, help="K (default 2)")
+    parser.add_argument("--components", type=positive_int, default=2, help="K (default 2)")
     parser.add_argument(
         "--covariance-type", default="full", choices=("full", "diag", "spherical")
     )
@@ -95,7 +81,7 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
         default=",".join(DEFAULT_GUIDES),
         help=f"comma-separated guide kinds (default {','.join(DEFAULT_GUIDES)})",
     )
-    parser.add_argument("--steps", type=_positive_int, default=2000, help="SVI steps per fit")
+    parser.add_argument("--steps", type=positive_int, default=2000, help="SVI steps per fit")
     parser.add_argument(
         "--seeds",
         type=_seeds,
@@ -106,19 +92,19 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
         "--holdout", type=_fraction, default=0.2, help="fraction of rows held out (0.2)"
     )
     parser.add_argument(
-        "--particles", type=_positive_int, default=1000, help="importance particles per fit"
+        "--particles", type=positive_int, default=1000, help="importance particles per fit"
     )
     parser.add_argument(
-        "--draws", type=_positive_int, default=1000, help="guide draws kept per fit (1000)"
+        "--draws", type=positive_int, default=1000, help="guide draws kept per fit (1000)"
     )
     parser.add_argument(
         "--nuts-samples",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=500,
         help="NUTS draws per chain; 0 skips the reference",
     )
-    parser.add_argument("--nuts-warmup", type=_non_negative_int, default=500)
-    parser.add_argument("--chains", type=_positive_int, default=2, help="NUTS chains")
+    parser.add_argument("--nuts-warmup", type=non_negative_int, default=500)
+    parser.add_argument("--chains", type=positive_int, default=2, help="NUTS chains")
     parser.add_argument("--out", type=Path, help="output folder (default runs/MODEL-compare)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     parser.set_defaults(run=run)

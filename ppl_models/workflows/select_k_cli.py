@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ppl_models.cli_args import positive_int
+
 __all__ = ["add_subcommand", "parse_ks", "run"]
 
 
@@ -60,14 +62,6 @@ def _ks_argument(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number; got {value}")
-    return value
 
 
 def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
@@ -99,12 +93,12 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
         "--posterior", default="svi", choices=sorted(POSTERIORS),
         help="draws for LOO: full-rank SVI (default) or NUTS",
     )
-    parser.add_argument("--n-init", type=_positive_int, default=5, help="EM restarts (default 5)")
+    parser.add_argument("--n-init", type=positive_int, default=5, help="EM restarts (default 5)")
     parser.add_argument(
-        "--steps", type=_positive_int, default=1000, help="SVI steps per K (default 1000)"
+        "--steps", type=positive_int, default=1000, help="SVI steps per K (default 1000)"
     )
     parser.add_argument(
-        "--draws", type=_positive_int, default=500, help="posterior draws for LOO (default 500)"
+        "--draws", type=positive_int, default=500, help="posterior draws for LOO (default 500)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs") / "select-k",
