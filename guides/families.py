@@ -92,11 +92,15 @@ def _flow(
     num_transforms: int = 2,
     hidden_dim: Sequence[int] | None = None,
     init_loc_fn: Callable | None = None,
+    init_scale: float = 0.1,
 ) -> autoguide.AutoGuide:
-    # init_loc_fn is accepted so that a driver may pass it to every kind; Pyro documents it
-    # as having no effect on AutoIAFNormal (the flow starts near a standard Normal).
     _positive_int("flow", "num_transforms", num_transforms)
-    return IAFNormal(visible, hidden_dim=hidden_dim, num_transforms=num_transforms)
+    if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not (
+        init_scale > 0
+    ):
+        raise ValueError(f"guide 'flow': init_scale must be a positive number; got {init_scale!r}")
+    return IAFNormal(visible, hidden_dim=hidden_dim, num_transforms=num_transforms,
+                     init_loc_fn=init_loc_fn, init_scale=init_scale)
 
 
 def _laplace(model: Any, visible: Callable, **options: Any) -> autoguide.AutoGuide:
@@ -206,8 +210,8 @@ KINDS: dict[str, Family] = {
     ),
     "flow": Family(
         _flow,
-        "inverse autoregressive flow, Kingma et al. 2016 (AutoIAFNormal)",
-        (*_INIT, "num_transforms", "hidden_dim"),
+        "inverse autoregressive flow, Kingma et al. 2016 (AutoIAFNormal, started at init)",
+        (*_INIT, "init_scale", "num_transforms", "hidden_dim"),
     ),
     "laplace": Family(
         _laplace,
@@ -269,7 +273,7 @@ def build(kind: str | Callable, model: Any, **options: Any) -> Callable:
         (``enumerated_sites``, ``marginal_model``, ``local_plate``, ``local_sites``).
     **options
         The family's options (``Family.options``): ``init_loc_fn`` (all), ``init_scale``
-        (``mean_field``, ``full_rank``, ``low_rank``), ``rank`` (``low_rank``),
+        (``mean_field``, ``full_rank``, ``low_rank``, ``flow``), ``rank`` (``low_rank``),
         ``num_transforms`` and ``hidden_dim`` (``flow``), ``create_plates`` (``map``,
         ``mean_field``, ``amortized``); for ``amortized``: ``global_kind`` (a key of
         :data:`GLOBAL_KINDS` or a callable, default ``"mean_field"``), ``hidden`` (encoder

@@ -277,7 +277,8 @@ def test_laplace_refuses_a_point_that_is_not_a_mode():
         ("low_rank", {"rank": 0}, r"'low_rank': rank must be a positive integer; got 0"),
         ("low_rank", {"rank": 1.5}, r"rank must be a positive integer; got 1.5"),
         ("flow", {"num_transforms": 0}, r"'flow': num_transforms must be a positive integer"),
-        ("flow", {"init_scale": 0.1}, r"'flow' takes no option.*'init_scale'"),
+        ("flow", {"init_scale": 0.0}, r"'flow': init_scale must be a positive number"),
+        ("flow", {"rank": 2}, r"'flow' takes no option.*'rank'"),
         ("laplace", {"init_scale": 0.1}, r"'laplace' takes no option.*'init_scale'"),
         ("amortized", {"global_kind": "laplace"},
          r"global_kind must be one of \['flow', 'full_rank', 'low_rank', 'map', "

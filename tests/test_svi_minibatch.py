@@ -9,6 +9,7 @@ existing full-batch behaviour.
 from __future__ import annotations
 
 import math
+import time
 
 import pyro
 import pytest
@@ -175,11 +176,45 @@ def test_no_global_sites_gives_an_empty_point_estimate_in_both_modes(digits):
         ({"num_epochs": 1, "guide": "mean_field", "init": "prior", "objective": "model"},
          "the guide is not the model's own"),
         ({"num_epochs": 1, "num_particles": 2, "objective": "model"}, "num_particles > 1"),
+        ({"time_limit": 5.0}, "time_limit needs minibatch mode"),
+        ({"callback": print}, "callback needs minibatch mode"),
+        ({"num_epochs": 1, "time_limit": 0}, "time_limit must be a positive number"),
+        ({"num_epochs": 1, "callback": 3}, "callback must be callable"),
     ],
 )
 def test_bad_minibatch_arguments_are_refused(kwargs, message, digits):
     with pytest.raises(ValueError, match=message):
         fit_svi(VAE(64, 2, hidden=(8,)), digits, **kwargs)
+
+
+def test_callback_sees_every_epoch_and_can_stop_the_fit(digits):
+    seen = []
+
+    def callback(epoch, history):
+        seen.append((epoch, len(history["elbo"]), history["elbo"][-1]))
+        return epoch == 3
+
+    result = fit_svi(VAE(64, 2, hidden=(8,)), digits, batch_size=500, num_epochs=10,
+                     callback=callback, progress=False)
+    assert [s[:2] for s in seen] == [(1, 1), (2, 2), (3, 3)]
+    assert [s[2] for s in seen] == result.history["elbo"]
+    assert result.info["stopped_by"] == "callback" and result.n_iter == 3
+
+
+def test_time_limit_stops_after_the_epoch_that_passes_it(digits):
+    clock = []
+
+    def slow(epoch, history):  # each epoch takes at least 0.2 s
+        time.sleep(0.2)
+        clock.append(time.perf_counter())
+
+    result = fit_svi(VAE(64, 2, hidden=(8,)), digits, batch_size=500, num_epochs=50,
+                     time_limit=0.5, callback=slow, progress=False)
+    assert result.info["stopped_by"] == "time_limit"
+    assert 3 <= result.n_iter <= 4 and result.n_iter == len(clock)
+    unlimited = fit_svi(VAE(64, 2, hidden=(8,)), digits, batch_size=500, num_epochs=2,
+                        time_limit=1e6, progress=False)
+    assert unlimited.info["stopped_by"] == "num_epochs" and unlimited.n_iter == 2
 
 
 def test_models_without_subsampling_are_refused_minibatches():

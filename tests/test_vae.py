@@ -27,7 +27,8 @@ from torch.nn import functional as F
 
 from ppl_models.images import load_images
 from ppl_models.infer.evaluation import elbo_terms, log_marginal_likelihood
-from ppl_models.infer.svi import _ScaleSites, fit_svi
+from ppl_models.infer.minibatch import _ScaleSites
+from ppl_models.infer.svi import fit_svi
 from ppl_models.models.mixture_vae import GMVAE, MixtureOfGaussiansPrior, VampPrior
 from ppl_models.models.vae import VAE
 
@@ -358,6 +359,9 @@ def test_iwae_accumulates_batches_of_data_and_particles_exactly(batch_size, part
                                     particle_batch=particle_batch)
     assert value == pytest.approx(expected, rel=1e-12)
     assert torch.equal(fake.used, torch.full((n,), k))
+    pointwise = log_marginal_likelihood(_TableWeights(table), x, k, batch_size=batch_size,
+                                        particle_batch=particle_batch, pointwise=True)
+    torch.testing.assert_close(pointwise, torch.logsumexp(table, 0) - math.log(k))
 
 
 def test_evaluation_refuses_models_without_an_amortized_posterior():
@@ -367,3 +371,27 @@ def test_evaluation_refuses_models_without_an_amortized_posterior():
         log_marginal_likelihood(GaussianMixture(2), torch.randn(5, 2), 3)
     with pytest.raises(ValueError, match="num_particles must be a positive integer"):
         log_marginal_likelihood(VAE(4, 2), torch.ones(3, 4), 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_diagonal_normal_mixture_density_equals_the_explicit_sum_over_components(dtype):
+    from ppl_models.models.mixture_vae import DiagonalNormalMixture
+
+    g = torch.Generator().manual_seed(3)
+    k, dim = 40, 6
+    locs = (3 * torch.randn(k, dim, generator=g)).to(dtype)
+    scales = (0.02 + torch.rand(k, dim, generator=g)).to(dtype)
+    logits = torch.randn(k, generator=g).to(dtype)
+    z = (2 * torch.randn(7, 5, dim, generator=g)).to(dtype)
+    mixture = DiagonalNormalMixture(logits, locs, scales)
+    d = z.double()[..., None, :]
+    log_components = (
+        -0.5 * ((d - locs.double()) / scales.double()).pow(2)
+        - scales.double().log() - 0.5 * math.log(2 * math.pi)
+    ).sum(-1)
+    expected = torch.logsumexp(log_components + torch.log_softmax(logits.double(), -1), -1)
+    got = mixture.log_prob(z)
+    assert got.shape == (7, 5) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6 if dtype == torch.float32
+                               else 1e-12, atol=0)
+    assert mixture.sample((3,)).shape == (3, dim)

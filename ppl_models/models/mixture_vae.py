@@ -22,6 +22,7 @@ and deep nets. Blog post, ruishu.io/2016/12/25/gmvae.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -34,7 +35,64 @@ from torch.nn import functional as F
 from ppl_models.models.vae import LATENT_PRIORS, VAE, LatentPrior, _positive_int
 from ppl_models.nn import make_classifier, make_encoder
 
-__all__ = ["GMVAE", "MixtureOfGaussiansPrior", "VampPrior"]
+__all__ = ["GMVAE", "DiagonalNormalMixture", "MixtureOfGaussiansPrior", "VampPrior"]
+
+
+class DiagonalNormalMixture(dist.MixtureSameFamily):
+    r"""A mixture of K diagonal Gaussians whose density costs one matrix product.
+
+    .. math:: \log p(z) = \operatorname{logsumexp}_k \Big[\log \pi_k - \tfrac12 \sum_d
+        \frac{(z_d - m_{kd})^2}{s_{kd}^2} - \sum_d \log s_{kd} - \tfrac L2 \log 2\pi\Big]
+
+    with the square expanded, :math:`\sum_d (z_d - m_{kd})^2 / s_{kd}^2 = z^2 \cdot s_k^{-2}
+    - 2 z \cdot (m_k s_k^{-2}) + m_k^2 \cdot s_k^{-2}`, so that N codes against K components
+    is an ``(N, 2L) @ (2L, K)`` product instead of an ``(N, K, L)`` tensor (for the VampPrior's
+    500 components and 500 x 100 importance samples: 2 x 10^9 numbers). The product is taken
+    in float64, where the expansion's cancellation costs nothing visible. Sampling and every
+    other method are :class:`~pyro.distributions.MixtureSameFamily`'s.
+
+    Parameters
+    ----------
+    logits : Tensor (K,)
+        Unnormalised log weights.
+    locs, scales : Tensor (K, L)
+        Component means and standard deviations.
+    """
+
+    def __init__(
+        self,
+        logits: torch.Tensor,
+        locs: torch.Tensor,
+        scales: torch.Tensor,
+        validate_args: bool | None = None,
+    ) -> None:
+        super().__init__(
+            dist.Categorical(logits=logits),
+            dist.Normal(locs, scales).to_event(1),
+            validate_args=validate_args,
+        )
+        self.locs, self.scales = locs, scales
+
+    def expand(self, batch_shape: Any, _instance: Any = None) -> dist.Distribution:
+        """Broadcast over a batch (a plate) without copying the components."""
+        return dist.ExpandedDistribution(self, batch_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        shape, latent_dim = value.shape[:-1], value.shape[-1]
+        z = value.reshape(-1, latent_dim).double()
+        precision = self.scales.double().pow(-2)  # (K, L)
+        locs = self.locs.double()
+        features = torch.cat([z * z, z], -1)  # (N, 2L)
+        coefficients = torch.cat([precision, -2 * locs * precision], -1)  # (K, 2L)
+        quadratic = features @ coefficients.T + (locs * locs * precision).sum(-1)
+        log_components = -0.5 * quadratic - self.scales.double().log().sum(-1) - (
+            0.5 * latent_dim * math.log(2 * math.pi)
+        )
+        log_weights = torch.log_softmax(self.mixture_distribution.logits.double(), -1)
+        log_density = torch.logsumexp(log_components + log_weights, -1)
+        return log_density.to(value.dtype).reshape(shape)
 
 
 class MixtureOfGaussiansPrior(LatentPrior):
@@ -73,7 +131,7 @@ class MixtureOfGaussiansPrior(LatentPrior):
         return dist.Normal(self.locs, self.log_scales.exp()).to_event(1)
 
     def distribution(self, vae: Any) -> dist.Distribution:
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), self.components())
+        return DiagonalNormalMixture(self.logits, self.locs, self.log_scales.exp())
 
     def config(self) -> dict:
         return {"name": self.name, "n_components": self.n_components,
@@ -109,8 +167,7 @@ class VampPrior(LatentPrior):
 
     def distribution(self, vae: Any) -> dist.Distribution:
         loc, scale = vae.encoder(self.pseudo_inputs())
-        mixing = dist.Categorical(logits=torch.zeros(self.n_pseudo, dtype=loc.dtype))
-        return dist.MixtureSameFamily(mixing, dist.Normal(loc, scale).to_event(1))
+        return DiagonalNormalMixture(torch.zeros(self.n_pseudo, dtype=loc.dtype), loc, scale)
 
     def config(self) -> dict:
         return {"name": self.name, "n_pseudo": self.n_pseudo}
