@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ppl_models.cli_args import positive_int
+from ppl_models.cli_args import positive_float, positive_int
 
 __all__ = ["main"]
 
@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     vae.add_argument("--particles", type=positive_int,
                      help="importance samples of the test log-likelihood (default 1000)")
     vae.add_argument("--kl-warmup", type=int, help="epochs of KL warm-up (default 0)")
+    vae.add_argument("--time-limit", type=positive_float, metavar="SECONDS",
+                     help="start no new epoch after this many seconds of training")
     fit.set_defaults(run=_fit)
     for add_subcommand in _subcommands():
         add_subcommand(commands)
@@ -203,6 +205,7 @@ _VAE_DEFAULTS: dict[str, Any] = {
     "likelihood": "bernoulli",
     "particles": 1000,
     "kl_warmup": 0,
+    "time_limit": None,
     "components": 10,
 }
 

@@ -84,6 +84,15 @@ def test_summary_is_printed(tmp_path, capsys):
     assert not list((tmp_path / "o").glob("*.png"))
 
 
+def test_time_limit_ends_the_training_early(tmp_path):
+    out = tmp_path / "o"
+    assert main(["fit", "vae", "--epochs", "50", "--time-limit", "0.001", "--particles", "2",
+                 "--no-plots", "--quiet", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "time_limit" and metrics["n_epochs"] == 1
+    assert metrics["time_limit"] == 0.001
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -95,6 +104,8 @@ def test_summary_is_printed(tmp_path, capsys):
         (["fit", "vae", "--prior", "bogus"], "invalid choice"),
         (["fit", "vae", "--latent-dim", "0"], "positive whole number"),
         (["fit", "vae", "--likelihood", "poisson"], "invalid choice"),
+        (["fit", "vae", "--time-limit", "0"], "expected a positive number"),
+        (["fit", "gmm", "--time-limit", "60"], "--time-limit applies to fit vae only"),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line(tmp_path, capsys, argv, message):
