@@ -395,3 +395,53 @@ def test_diagonal_normal_mixture_density_equals_the_explicit_sum_over_components
     torch.testing.assert_close(got.double(), expected, rtol=1e-6 if dtype == torch.float32
                                else 1e-12, atol=0)
     assert mixture.sample((3,)).shape == (3, dim)
+
+
+class _FirstPixels(torch.nn.Module):
+    """An encoder whose code is the first ``dim`` inputs (so the codes are known)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x, context=None):
+        return x[..., : self.dim], torch.ones_like(x[..., : self.dim])
+
+
+def test_mixture_prior_starts_from_em_on_the_codes_as_scikit_learn_fits_them():
+    from sklearn.mixture import GaussianMixture as SkMixture
+
+    from ppl_models.infer.cluster_init import init_prior_from_codes
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]])
+    codes = (centres[torch.arange(300) % 3] + torch.randn(300, 2, generator=g)
+             * torch.tensor([0.5, 1.0]))
+    x = torch.cat([codes, torch.randn(300, 3, generator=g)], 1)
+    model = VAE(5, 2, likelihood="gaussian", prior=MixtureOfGaussiansPrior(3), hidden=())
+    model.encoder = _FirstPixels(2)
+    fit = init_prior_from_codes(model, x, n_init=3)
+    sk = SkMixture(3, covariance_type="diag", n_init=3, random_state=0).fit(codes.double().numpy())
+    order, sk_order = model.prior.locs[:, 0].argsort(), sk.means_[:, 0].argsort()
+    locs = model.prior.locs.detach()[order].double()
+    torch.testing.assert_close(locs, torch.as_tensor(sk.means_[sk_order]), atol=1e-4, rtol=0)
+    scales = model.prior.log_scales.detach()[order].exp().double()
+    torch.testing.assert_close(scales, torch.as_tensor(sk.covariances_[sk_order]).sqrt(),
+                               atol=1e-4, rtol=0)
+    weights = model.prior.log_weights().detach()[order].exp().double()
+    torch.testing.assert_close(weights, torch.as_tensor(sk.weights_[sk_order]), atol=1e-4,
+                               rtol=0)
+    assert fit.params["locs"].shape == (3, 2)
+
+
+def test_prior_from_codes_refuses_what_it_cannot_start():
+    from ppl_models.infer.cluster_init import init_prior_from_codes
+
+    x = torch.bernoulli(torch.full((20, 8), 0.5))
+    with pytest.raises(ValueError, match="needs a mixture-of-Gaussians prior; VAE has "
+                       "StandardNormalPrior"):
+        init_prior_from_codes(VAE(8, 2), x)
+    with pytest.raises(ValueError, match="conditional_encoder=False"):
+        init_prior_from_codes(GMVAE(8, 2, 3), x)
+    with pytest.raises(ValueError, match="5 images cannot start 10 components"):
+        init_prior_from_codes(GMVAE(8, 2, 10, conditional_encoder=False), x[:5])

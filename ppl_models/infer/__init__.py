@@ -1,5 +1,6 @@
 """Drivers: free functions that fit any model and return one :class:`FitResult`."""
 
+from ppl_models.infer.cluster_init import init_prior_from_codes
 from ppl_models.infer.em import fit_em, kmeans_plus_plus
 from ppl_models.infer.evaluation import elbo_terms, log_marginal_likelihood
 from ppl_models.infer.mcmc import fit_mcmc
@@ -12,6 +13,7 @@ __all__ = [
     "fit_em",
     "fit_mcmc",
     "fit_svi",
+    "init_prior_from_codes",
     "kmeans_plus_plus",
     "load_checkpoint",
     "log_marginal_likelihood",
