@@ -127,8 +127,8 @@ def _train(model: VAE, x: torch.Tensor, x_valid: torch.Tensor,
         print(f"  about {epoch_estimate:.1f} s per epoch: {epochs} epochs", flush=True)
     best = {"elbo": -math.inf, "epoch": 0, "state": None}
 
-    def validate(epoch: int, history: dict) -> None:
-        if epoch % args.validate_every and epoch != epochs:
+    def validate(epoch: int, history: dict, force: bool = False) -> None:
+        if epoch % args.validate_every and epoch != epochs and not force:
             return
         model.eval()
         value = elbo_terms(model, x_valid)["elbo"]
@@ -142,8 +142,8 @@ def _train(model: VAE, x: torch.Tensor, x_valid: torch.Tensor,
                      kl_warmup_epochs=min(warmup, epochs - 1), seed=args.seed,
                      progress=False, callback=validate,
                      time_limit=None if args.epochs else max(budget, 1.0))
-    if result.info["stopped_by"] == "time_limit":
-        validate(epochs, result.history)  # score the last state too
+    if result.n_iter != best["epoch"] and result.n_iter % args.validate_every:
+        validate(result.n_iter, result.history, force=True)  # score the last state too
     model.load_state_dict(best["state"])
     return {"epochs": result.n_iter, "best_epoch": best["epoch"],
             "train_seconds": result.fit_seconds + pretrain_seconds,
@@ -213,8 +213,9 @@ def main() -> None:
         row["test_log_likelihood"] = float(bounds.mean())
         row["test_log_likelihood_se"] = float(bounds.std() / math.sqrt(len(bounds)))
         row["particles"], row["test_images"] = args.particles, len(bounds)
-        # Clusters on the whole test set (cheap: no particles).
-        clusters = assign_clusters(model, x_all_test)
+        # Clusters on the whole test set (cheap: no particles), for the priors with
+        # --components clusters (not the VampPrior's 500 pseudo-inputs).
+        clusters = None if prior == "vamp" else assign_clusters(model, x_all_test)
         row["cluster_accuracy"] = (None if clusters is None or y_all_test is None
                                    else cluster_accuracy(clusters, y_all_test))
         row["eval_seconds"] = round(time.perf_counter() - start, 1)
