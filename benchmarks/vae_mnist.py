@@ -20,8 +20,9 @@ since a fixed binarization overfits). It then reports:
 
 Published figures on this data set (MLP encoders/decoders, 40-d code, hundreds of epochs with
 warm-up): standard VAE about -89.9 nats and VampPrior about -85.6 nats (Tomczak & Welling
-2018, Table 2, K = 5000); goals: within 1 nat of them, and GMVAE accuracy >= 0.90. A budget of
-minutes is far from that training; the script prints what it reached.
+2018, Table 2, K = 5000); goals: no more than 1 nat below them (a higher bound also meets it:
+it is a lower bound reached by better training, not a miss), and GMVAE accuracy >= 0.90. A
+budget of minutes is far from that training; the script prints what it reached.
 
     python benchmarks/vae_mnist.py --data /work/shared/data/binarized_mnist/binarized_mnist.npz
     python benchmarks/vae_mnist.py --data PATH --priors standard,gmvae --time-budget 1800 \
@@ -223,8 +224,8 @@ def main() -> None:
         rows.append(row)
         loglik, accuracy = row["test_log_likelihood"], row["cluster_accuracy"]
         gap = "" if published is None else (
-            f" (published {published:.1f}; gap {loglik - published:+.2f}, goal within "
-            f"{LOGLIK_GOAL}: {'met' if abs(loglik - published) <= LOGLIK_GOAL else 'not met'})")
+            f" (published {published:.1f}; difference {loglik - published:+.2f}, goal at most "
+            f"{LOGLIK_GOAL} below: {'met' if loglik >= published - LOGLIK_GOAL else 'not met'})")
         acc = "" if accuracy is None else (
             f"; cluster accuracy {accuracy:.3f} on {len(y_all_test)} test images (goal >= "
             f"{ACCURACY_GOAL}: {'met' if accuracy >= ACCURACY_GOAL else 'not met'})")
