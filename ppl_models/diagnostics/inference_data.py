@@ -17,12 +17,9 @@ import numpy as np
 import torch
 from pyro import poutine
 
+from ppl_models._arviz import az
 from ppl_models.diagnostics.relabel import Relabelled, relabel_result
 from ppl_models.infer.result import FitResult
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
 
 __all__ = ["feature_names", "full_draws", "to_inference_data"]
 

@@ -20,14 +20,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 
+from ppl_models._arviz import az
 from ppl_models.diagnostics.inference_data import feature_names, full_draws, to_inference_data
 from ppl_models.diagnostics.relabel import relabel_result
 from ppl_models.diagnostics.summary import is_point_estimate
 from ppl_models.infer.result import FitResult
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
 
 __all__ = [
     "plot_mixture",

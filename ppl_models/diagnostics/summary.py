@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from ppl_models._arviz import az
 from ppl_models.diagnostics.inference_data import to_inference_data
 from ppl_models.infer.result import FitResult
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
 
 __all__ = ["is_point_estimate", "loo", "summarize"]
 

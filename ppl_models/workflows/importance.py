@@ -24,7 +24,6 @@ included, and with one particle at a time Pyro 1.9 fails to concatenate 0-d weig
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,10 +34,7 @@ from pyro import poutine
 from pyro.infer.importance import vectorized_importance_weights
 
 import guides
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
+from ppl_models._arviz import az
 
 __all__ = [
     "ImportanceEstimates",

@@ -34,15 +34,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
+from ppl_models._arviz import az
 from ppl_models.data import check_data
 from ppl_models.diagnostics import loo, to_inference_data
 from ppl_models.infer import FitResult, fit_em, fit_mcmc, fit_svi
 from ppl_models.models import GaussianMixture
 from ppl_models.models.mixture import COVARIANCE_TYPES
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
 
 __all__ = [
     "CRITERIA",
