@@ -109,6 +109,28 @@ def test_checkpoint_is_written_every_epoch_and_reloads_the_networks(tmp_path, di
         load_checkpoint(tmp_path / "missing")
 
 
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda raw: raw[: len(raw) // 2], "corrupt checkpoint"),
+        (lambda raw: b"not a checkpoint", "corrupt checkpoint"),
+    ],
+)
+def test_corrupt_checkpoint_is_refused(tmp_path, digits, damage, message):
+    fit_svi(VAE(64, 3, hidden=(16,)), digits, batch_size=300, num_epochs=1,
+            checkpoint_dir=tmp_path, progress=False)
+    path = tmp_path / CHECKPOINT_NAME
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(tmp_path)
+
+
+def test_checkpoint_without_its_keys_is_refused(tmp_path):
+    torch.save({"epoch": 3}, tmp_path / CHECKPOINT_NAME)
+    with pytest.raises(ValueError, match=r"missing.*model_state"):
+        load_checkpoint(tmp_path)
+
+
 def test_pyro_path_checkpoint_holds_the_param_store(tmp_path, digits):
     fit_svi(VAE(64, 3, hidden=(16,)), digits, batch_size=500, num_epochs=1, objective="pyro",
             checkpoint_dir=tmp_path, progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ __all__ = ["CHECKPOINT_NAME", "load_checkpoint", "save_checkpoint"]
 
 #: File name of the checkpoint written into ``checkpoint_dir`` after every epoch.
 CHECKPOINT_NAME = "checkpoint.pt"
+
+_KEYS = ("epoch", "seed", "model_state", "param_store", "optimizer_state", "history")
 
 
 def save_checkpoint(
@@ -52,13 +55,33 @@ def load_checkpoint(path: str | os.PathLike[str], model: Any = None) -> dict[str
     dict
         ``epoch``, ``seed``, ``model_state``, ``param_store``, ``optimizer_state``,
         ``history``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No checkpoint at ``path``.
+    ValueError
+        The file is truncated, not a checkpoint, or lacks one of the keys above.
     """
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint")
-    state = torch.load(path, weights_only=True)
+    try:
+        state = torch.load(path, weights_only=True)
+    except PermissionError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        # A truncated archive surfaces as RuntimeError or OSError (EINVAL), other bytes as
+        # UnpicklingError.
+        raise ValueError(
+            f"corrupt checkpoint {path}: truncated, or not written by fit_svi "
+            f"({type(exc).__name__})"
+        ) from None
+    missing = [key for key in _KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"corrupt checkpoint {path}: missing {missing}")
     if model is not None:
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"only an nn.Module model can be restored; got {type(model).__name__}")
