@@ -19,12 +19,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(script: str, *args: str) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
-    done = subprocess.run(
+def _launch(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        timeout=300,
     )
+
+
+def _run(script: str, *args: str) -> str:
+    done = _launch(script, *args)
     assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -67,11 +71,8 @@ def test_vae_mnist_reports_every_prior(tiny_binarized_mnist: Path, tmp_path: Pat
 
 
 def test_vae_mnist_refuses_unknown_prior(tiny_binarized_mnist: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "vae_mnist.py"), "--data",
-         str(tiny_binarized_mnist), "--priors", "standard,flowprior"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
+    done = _launch("vae_mnist.py", "--data", str(tiny_binarized_mnist),
+                   "--priors", "standard,flowprior")
     assert done.returncode == 2
     assert "flowprior" in done.stderr
 

@@ -18,6 +18,7 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from ppl_models import GaussianMixture, fit_em, load
+from ppl_models._arviz import az
 from ppl_models.diagnostics import (
     loo,
     plot_mixture,
@@ -32,10 +33,6 @@ from ppl_models.diagnostics import (
 )
 from ppl_models.diagnostics.relabel import canonical_order, label_permutations
 from ppl_models.infer import FitResult
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
 
 N_CHAINS, N_DRAWS = 2, 60
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -15,6 +15,7 @@ from scipy import stats
 from scipy.special import logsumexp
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
+from ppl_models._arviz import az
 from ppl_models.infer import fit_em, fit_svi
 from ppl_models.models import GaussianMixture
 from ppl_models.workflows.select_k import (
@@ -24,10 +25,6 @@ from ppl_models.workflows.select_k import (
     select_components,
 )
 from ppl_models.workflows.select_k_cli import add_subcommand, parse_ks, run
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", FutureWarning)
-    import arviz as az
 
 MEANS = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])
 COVS = np.array([[[1.0, 0.3], [0.3, 0.8]], [[0.6, -0.2], [-0.2, 1.0]], [[1.2, 0.0], [0.0, 0.5]]])
