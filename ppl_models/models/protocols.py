@@ -1,0 +1,216 @@
+r"""The contracts between models and everything that fits, reads or compares them.
+
+Drivers (:mod:`ppl_models.infer`), diagnostics and workflows ask a model what it can do only
+through these roles, with ``isinstance(model, Role)``: never by probing attribute names with
+``getattr``/``hasattr`` and never through a private method. A model takes a role by having its
+members (the protocols are ``runtime_checkable``, so a user's own class needs no import from
+here); the collection's classes also inherit them explicitly, so that the contract a new family
+must meet is written down once, here.
+
+=========================== ===============================================================
+role                        who needs it
+=========================== ===============================================================
+:class:`LatentModel`        every driver: a Pyro ``model(data)`` with declared structure
+:class:`CollapsedLikelihood` NUTS and guides on the collapsed density, pointwise
+                            log-likelihood (LOO, information criteria), EM's generic M-step
+:class:`ClosedFormEM`       ``fit_em``'s closed-form iterations (E-step and M-step)
+:class:`AmortizedModel`     minibatch SVI on the model's own ELBO estimator, IWAE bounds,
+                            encoder diagnostics (the VAE family)
+:class:`LabelledAmortized`  cluster labels of an amortized model (the GMVAE)
+=========================== ===============================================================
+
+:mod:`guides` reads the same attribute names by duck typing, since it never imports
+:mod:`ppl_models` (see :mod:`guides.structure`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import pyro.distributions as dist
+import torch
+
+__all__ = [
+    "AmortizedModel",
+    "ClosedFormEM",
+    "CollapsedLikelihood",
+    "LabelledAmortized",
+    "LatentModel",
+    "MixtureModel",
+]
+
+
+@runtime_checkable
+class LatentModel(Protocol):
+    """A latent-variable model: structure and priors, never fitted values.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``FitResult`` saves it; the command line offers it).
+    local_plate : str or None
+        Name of the per-observation plate (``None`` when the model has none).
+    local_sites : tuple of str
+        Latent sites inside ``local_plate`` (continuous or enumerated).
+    enumerated_sites : tuple of str
+        Discrete latents summed out by parallel enumeration; guides never cover them.
+    observed_site : str
+        The site that holds the data.
+    max_plate_nesting : int
+        For ``TraceEnum_ELBO`` and NUTS.
+    priors : mapping of str to prior specification
+        The user's priors, validated at construction (empty for a model with none).
+    """
+
+    name: str
+    local_plate: str | None
+    local_sites: tuple[str, ...]
+    enumerated_sites: tuple[str, ...]
+    observed_site: str
+    max_plate_nesting: int
+
+    @property
+    def priors(self) -> Mapping[str, Any]: ...
+
+    def model(self, data: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """The Pyro model (stable snake_case site names)."""
+
+    def validate(self, data: Any) -> torch.Tensor:
+        """``data`` as the tensor the model takes, or a ``ValueError`` naming the problem."""
+
+    def config(self) -> dict[str, Any]:
+        """JSON-ready constructor arguments (priors excluded): ``cls(**config())`` rebuilds
+        the structure."""
+
+    def dims(self) -> dict[str, list[str]]:
+        """ArviZ dims of every named site and derived quantity."""
+
+
+@runtime_checkable
+class CollapsedLikelihood(Protocol):
+    r"""A model whose enumerated labels can be summed out in closed form.
+
+    :meth:`marginal_model` targets the same posterior over the global sites as ``model`` under
+    enumeration (same site names); :meth:`log_likelihood` gives the pointwise
+    :math:`\log p(x_n \mid \theta)`.
+    """
+
+    def marginal_model(self, data: torch.Tensor) -> None: ...
+
+    def log_likelihood(
+        self, data: torch.Tensor, params: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Pointwise log-likelihood, shape ``(*batch, N)`` for params with leading batch
+        dimensions."""
+
+    def site_shapes(self, n_features: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of the global sites for data with ``n_features`` columns."""
+
+    def global_sites(self, n_features: int) -> list[str]:
+        """The global *latent* sites (fixed ones excluded), in model order."""
+
+    def full_params(
+        self, params: Mapping[str, torch.Tensor], n_features: int
+    ) -> dict[str, torch.Tensor]:
+        """Site values with fixed sites filled in."""
+
+    def derived_quantities(
+        self, params: Mapping[str, torch.Tensor], n_features: int
+    ) -> dict[str, torch.Tensor]:
+        """Quantities a reader wants beside the sites (e.g. a mixture's covariances), with
+        the same leading batch dimensions; their dims are in :meth:`LatentModel.dims`."""
+
+
+@runtime_checkable
+class MixtureModel(CollapsedLikelihood, Protocol):
+    """A finite mixture: ``n_components`` labels, per-observation memberships."""
+
+    n_components: int
+
+    def responsibilities(
+        self, data: torch.Tensor, params: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """:math:`p(z_n = k \\mid x_n, \\theta)`, shape ``(N, K)``."""
+
+    def initial_params(
+        self, data: torch.Tensor, resp: torch.Tensor, reg_covar: float = 1e-6
+    ) -> dict[str, torch.Tensor]:
+        """Site values from responsibility-weighted moments (a starting point)."""
+
+    def relabel_sites(self) -> dict[str, int]:
+        """Sites (and derived quantities) indexed by component, with the axis of the
+        component counted from the right of the site's own shape, for label switching."""
+
+
+@runtime_checkable
+class ClosedFormEM(Protocol):
+    """Public hooks of a closed-form EM (``fit_em`` calls only these).
+
+    A *state* is the model's own form of the parameters (e.g. moments), ``prepared`` what
+    :meth:`em_prepare` makes of the data once per fit.
+    """
+
+    def closed_form_unavailable(self, objective: str) -> str | None:
+        """Why the closed form cannot serve ``objective`` (``None`` if it can)."""
+
+    def em_state(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    def em_params(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    def em_prepare(self, data: torch.Tensor) -> Any:
+        """Data prepared once per fit for :meth:`em_iteration`."""
+
+    def em_iteration(
+        self, prepared: Any, state: Mapping[str, torch.Tensor], reg_covar: float
+    ) -> tuple[float, dict[str, torch.Tensor]]:
+        """Total log-likelihood at ``state`` (labels summed out) and the next state."""
+
+    def em_log_likelihood(self, prepared: Any, state: Mapping[str, torch.Tensor]) -> float:
+        """Total log-likelihood at ``state``."""
+
+    def m_step(
+        self, data: torch.Tensor, resp: torch.Tensor, *, reg_covar: float
+    ) -> dict[str, torch.Tensor]:
+        """The state maximising the expected complete-data log-likelihood."""
+
+
+@runtime_checkable
+class AmortizedModel(Protocol):
+    """A model with its own amortized guide and ELBO estimator (the VAE family).
+
+    ``term_names`` lists the ELBO's terms: the reconstruction term first, the KL terms after
+    it, so that ``ELBO = terms[0] - sum(terms[1:])`` per observation.
+    """
+
+    term_names: tuple[str, ...]
+
+    def guide(self, data: torch.Tensor | None = None, **kwargs: Any) -> Any: ...
+
+    def encode(self, x: torch.Tensor) -> dist.Distribution:
+        """:math:`q(z \\mid x)`."""
+
+    def decode(self, z: torch.Tensor) -> dist.Distribution:
+        """:math:`p(x \\mid z)`."""
+
+    def prior_distribution(self) -> dist.Distribution: ...
+
+    def elbo_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-observation ELBO terms, each ``(B,)``, one reparameterised draw."""
+
+    def log_importance_weights(self, x: torch.Tensor, num_particles: int) -> torch.Tensor:
+        """:math:`\\log p(x, z_s) - \\log q(z_s \\mid x)`, shape ``(num_particles, B)``."""
+
+    def parameters(self) -> Any: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class LabelledAmortized(AmortizedModel, Protocol):
+    """An amortized model with a discrete cluster label (the GMVAE)."""
+
+    n_components: int
+
+    def label_posterior_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of :math:`q(y \\mid x)`, shape ``(B, K)``."""
