@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyro.distributions as dist
 import torch
 
-from ppl_models.models import MODELS
+from ppl_models.infer.result_checks import check_fields, check_tensors
+from ppl_models.infer.prior_codec import decode_priors, encode_priors
+from ppl_models.models import AmortizedModel, build_model
 
 __all__ = ["FitResult"]
 
@@ -21,6 +22,8 @@ _REQUIRED = (
     "model", "priors_not_saved", "method", "history", "converged", "n_iter", "seed",
     "fit_seconds", "info", "columns",
 )
+#: Tensors every saved result holds (``state``, the networks' weights, is optional: results
+#: of models without networks written before it existed have none).
 _TENSOR_KEYS = {"data", "params", "draws", "priors"}
 
 
@@ -82,14 +85,16 @@ class FitResult:
     def save(self, path: str | Path) -> Path:
         """Write the result to a folder: ``result.json`` and ``tensors.pt`` (tensors only).
 
-        Nothing is pickled; :meth:`load` reads the tensors with ``weights_only=True``. Priors
-        that are tensors or distributions with tensor arguments are saved; others (callables,
-        transformed distributions) are named in ``result.json`` and replaced by the model's
-        defaults on loading, with a warning.
+        Nothing is pickled; :meth:`load` reads the tensors with ``weights_only=True``. An
+        amortized model's networks are saved as their ``state_dict``. Priors that are tensors
+        or allow-listed distributions (:data:`~ppl_models.models.registry.PRIOR_DISTRIBUTIONS`)
+        with tensor arguments are saved; others (callables, transformed distributions) are
+        named in ``result.json`` and replaced by the model's defaults on loading, with a
+        warning.
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        priors, prior_tensors, unsaved = _encode_priors(self.model.priors)
+        priors, prior_tensors, unsaved = encode_priors(self.model.priors)
         meta = {
             "format": _FORMAT,
             "model": {"name": self.model.name, "config": self.model.config(), "priors": priors},
@@ -103,11 +108,17 @@ class FitResult:
             "info": self.info,
             "columns": list(self.columns),
         }
+        state = (
+            {k: v.detach() for k, v in self.model.state_dict().items()}
+            if isinstance(self.model, AmortizedModel)
+            else {}
+        )
         tensors = {
             "data": self.data,
             "params": dict(self.params),
             "draws": dict(self.draws) if self.draws is not None else {},
             "priors": prior_tensors,
+            "state": state,
         }
         (path / "result.json").write_text(json.dumps(meta, indent=2))
         torch.save(tensors, path / "tensors.pt")
@@ -115,30 +126,21 @@ class FitResult:
 
     @classmethod
     def load(cls, path: str | Path) -> FitResult:
-        """Read a folder written by :meth:`save`."""
+        """Read a folder written by :meth:`save`, checking that its parts agree.
+
+        Raises
+        ------
+        FileNotFoundError
+            When ``result.json`` or ``tensors.pt`` is missing.
+        ValueError
+            For anything else wrong with the folder, naming the field: unreadable files, a
+            recorded field of the wrong type, an unknown model or prior distribution, tensors
+            that do not fit the saved configuration (number of components, covariance type,
+            shapes, another model's tensors) and non-finite values.
+        """
         path = Path(path)
-        try:
-            meta = json.loads((path / "result.json").read_text())
-            tensors = torch.load(path / "tensors.pt", weights_only=True)
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(
-                f"no saved fit result in {path}: {exc.filename} missing"
-            ) from None
-        except (json.JSONDecodeError, pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"corrupt fit result in {path}: {first}") from None
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise ValueError(f"{path} is not a ppl-models fit result (format {found})")
-        missing = sorted(set(_REQUIRED) - set(meta))
-        if missing or not isinstance(tensors, dict) or set(tensors) != _TENSOR_KEYS:
-            raise ValueError(
-                f"corrupt fit result in {path}: missing {missing or 'tensors'} "
-                "(write it again with FitResult.save)"
-            )
+        meta, tensors = _read(path)
         spec = meta["model"]
-        if spec["name"] not in MODELS:
-            raise ValueError(f"unknown model '{spec['name']}' in {path}; known: {sorted(MODELS)}")
         if meta["priors_not_saved"]:
             warnings.warn(
                 f"priors {meta['priors_not_saved']} could not be saved and are back to the "
@@ -146,8 +148,12 @@ class FitResult:
                 UserWarning,
                 stacklevel=2,
             )
-        priors = _decode_priors(spec["priors"], tensors["priors"])
-        model = MODELS[spec["name"]](**spec["config"], priors=priors)
+        priors = decode_priors(spec["priors"], tensors["priors"])
+        with torch.random.fork_rng(devices=[]):  # fresh networks must not move the global RNG
+            model = build_model(spec["name"], spec["config"], priors)
+        check_tensors(model, tensors)
+        if isinstance(model, AmortizedModel):
+            _load_state(model, tensors["state"])
         return cls(
             model=model,
             method=meta["method"],
@@ -164,57 +170,33 @@ class FitResult:
         )
 
 
-def _distribution_args(prior: dist.Distribution) -> dict[str, torch.Tensor] | None:
-    """Constructor arguments of ``prior`` if rebuilding it from them gives it back, else None."""
-    cls = getattr(dist, type(prior).__name__, None)
-    if cls is not type(prior) or cls is dist.TransformedDistribution:
-        return None
-    args = {
-        name: prior.__dict__[name]
-        for name in prior.arg_constraints
-        if isinstance(prior.__dict__.get(name), torch.Tensor)
-    }
-    if not args:
-        args = {
-            name: getattr(prior, name)
-            for name in prior.arg_constraints
-            if isinstance(getattr(prior, name, None), torch.Tensor)
-        }
-    if isinstance(prior, dist.LKJCholesky):
-        args["dim"] = torch.tensor(prior.dim)
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``result.json`` and ``tensors.pt`` with every field of the expected type."""
     try:
-        rebuilt = cls(**{k: int(v) if k == "dim" else v for k, v in args.items()})
-    except (TypeError, ValueError):
-        return None
-    if rebuilt.batch_shape != prior.batch_shape or rebuilt.event_shape != prior.event_shape:
-        return None
-    return args
+        meta = json.loads((path / "result.json").read_text())
+        tensors = torch.load(path / "tensors.pt", weights_only=True)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"no saved fit result in {path}: {exc.filename} missing") from None
+    except (json.JSONDecodeError, pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"corrupt fit result in {path}: {first}") from None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{path} is not a ppl-models fit result (format {found})")
+    missing = sorted(set(_REQUIRED) - set(meta))
+    if missing or not isinstance(tensors, dict) or not _TENSOR_KEYS <= set(tensors):
+        raise ValueError(
+            f"corrupt fit result in {path}: missing {missing or 'tensors'} "
+            "(write it again with FitResult.save)"
+        )
+    tensors.setdefault("state", {})
+    check_fields(meta, tensors)
+    return meta, tensors
 
 
-def _encode_priors(priors: dict) -> tuple[dict, dict, list[str]]:
-    described, tensors, unsaved = {}, {}, []
-    for site, prior in priors.items():
-        if isinstance(prior, torch.Tensor):
-            described[site] = {"fixed": True}
-            tensors[site] = {"value": prior}
-            continue
-        args = _distribution_args(prior) if isinstance(prior, dist.Distribution) else None
-        if args is None:
-            unsaved.append(site)
-            continue
-        described[site] = {"distribution": type(prior).__name__}
-        tensors[site] = args
-    return described, tensors, unsaved
-
-
-def _decode_priors(described: dict, tensors: dict) -> dict:
-    priors = {}
-    for site, spec in described.items():
-        if spec.get("fixed"):
-            priors[site] = tensors[site]["value"]
-            continue
-        args = dict(tensors[site])
-        if "dim" in args:
-            args["dim"] = int(args["dim"])
-        priors[site] = getattr(dist, spec["distribution"])(**args)
-    return priors
+def _load_state(model: Any, state: dict[str, torch.Tensor]) -> None:
+    """The saved network weights into ``model`` (in their saved floating dtype)."""
+    floating = [v.dtype for v in state.values() if v.is_floating_point()]
+    if floating:
+        model.to(floating[0])
+    model.load_state_dict(state, strict=True)

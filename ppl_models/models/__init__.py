@@ -1,29 +1,41 @@
 """Models of the collection, each a small class of structure and priors with a Pyro ``model``.
 
-``MODELS`` maps the command line's names to the mixture classes (what ``FitResult.load``
-rebuilds); the VAE family (:class:`VAE`, :class:`GMVAE` and the latent priors) is exported
-beside it. Importing :mod:`ppl_models.models.mixture_vae` here registers the ``"mog"`` and
-``"vamp"`` latent priors.
+The roles a model may take (what drivers, diagnostics and workflows ask of it) are in
+:mod:`ppl_models.models.protocols`; :data:`MODELS` (:mod:`ppl_models.models.registry`) maps
+registry names to every model class, :data:`MIXTURES` to the finite mixtures. Importing
+:mod:`ppl_models.models.mixture_vae` here registers the ``"mog"`` and ``"vamp"`` latent priors.
 """
 
 from ppl_models.models.gmm import GaussianMixture
 from ppl_models.models.mixture import FiniteMixture
 from ppl_models.models.mixture_vae import GMVAE, MixtureOfGaussiansPrior, VampPrior
+from ppl_models.models.protocols import (
+    AmortizedModel,
+    ClosedFormEM,
+    CollapsedLikelihood,
+    LabelledAmortized,
+    LatentModel,
+    MixtureModel,
+)
+from ppl_models.models.registry import MIXTURES, MODELS, build_model
 from ppl_models.models.student_t_mixture import StudentTMixture
 from ppl_models.models.vae import VAE
 
-MODELS: dict[str, type[FiniteMixture]] = {
-    GaussianMixture.name: GaussianMixture,
-    StudentTMixture.name: StudentTMixture,
-}
-
 __all__ = [
     "GMVAE",
+    "MIXTURES",
     "MODELS",
     "VAE",
+    "AmortizedModel",
+    "ClosedFormEM",
+    "CollapsedLikelihood",
     "FiniteMixture",
     "GaussianMixture",
+    "LabelledAmortized",
+    "LatentModel",
+    "MixtureModel",
     "MixtureOfGaussiansPrior",
     "StudentTMixture",
     "VampPrior",
+    "build_model",
 ]

@@ -10,6 +10,7 @@ import pyro.distributions as dist
 import torch
 
 from ppl_models.models.mixture import FiniteMixture, weighted_moments
+from ppl_models.models.protocols import ClosedFormEM
 
 __all__ = ["GaussianMixture"]
 
@@ -25,17 +26,21 @@ _CANCELLATION_LIMIT = 1e5 * torch.finfo(torch.float64).eps
 _MAX_FEATURES = 1 << 25
 
 
-class _EMData(NamedTuple):
-    """Data prepared once per fit for the fast EM iterations."""
+class EMData(NamedTuple):
+    """Data prepared once per fit for :meth:`GaussianMixture.em_iteration`.
+
+    ``features`` is ``None`` when the fast iterations would take much more memory than the
+    exact ones (every iteration then takes the exact path).
+    """
 
     data: torch.Tensor
     centre: torch.Tensor
-    features: torch.Tensor  # (N, F): [quadratic terms, x - centre, 1]
+    features: torch.Tensor | None  # (N, F): [quadratic terms, x - centre, 1]
     n_quad: int
     max_sq_norm: float
 
 
-class GaussianMixture(FiniteMixture):
+class GaussianMixture(FiniteMixture, ClosedFormEM):
     r"""Gaussian mixture model with the cluster label summed out exactly.
 
     .. math::
@@ -181,24 +186,26 @@ class GaussianMixture(FiniteMixture):
         return {"weights": nk / data.shape[0], "locs": means, "covariances": cov}
 
     # ------------------------------------------------------------------ fast EM iterations
-    # fit_em's closed-form driver calls these private hooks: the data are centred once and
-    # expanded into quadratic features phi(x) = [x_i x_j (i <= j), x, 1] (squares only for
-    # diag/spherical), so that an E-step is one (K, F) @ (F, N) product and an M-step one
-    # (K, N) @ (N, F) product of responsibility-weighted moments, with no (K, N, D) tensor.
-    # Expanding the quadratic form costs accuracy when ||x - centre||^2 / lambda_min(Sigma_k) is
-    # large (cancellation); beyond _CANCELLATION_LIMIT an iteration falls back to the exact,
-    # per-component-centred e_step/m_step above.
+    # fit_em calls em_prepare once, then em_iteration and em_log_likelihood: the data are
+    # centred once and expanded into quadratic features phi(x) = [x_i x_j (i <= j), x, 1]
+    # (squares only for diag/spherical), so that an E-step is one (K, F) @ (F, N) product and
+    # an M-step one (K, N) @ (N, F) product of responsibility-weighted moments, with no
+    # (K, N, D) tensor. Expanding the quadratic form costs accuracy when
+    # ||x - centre||^2 / lambda_min(Sigma_k) is large (cancellation); beyond
+    # _CANCELLATION_LIMIT an iteration falls back to the exact, per-component-centred
+    # e_step/m_step above.
 
-    def _em_prepare(self, data: torch.Tensor) -> _EMData | None:
-        """Centred data and their quadratic features, computed once per fit (``None`` when
-        the features would take much more memory than the exact path's temporaries)."""
+    def em_prepare(self, data: torch.Tensor) -> EMData:
+        """Centred data and their quadratic features, computed once per fit (no features when
+        they would take much more memory than the exact path's temporaries)."""
         n, d = data.shape
         n_quad = d * (d + 1) // 2 if self.covariance_type == "full" else d
-        if n * (n_quad + d + 1) > max(2 * n * self.n_components * d, _MAX_FEATURES):
-            return None
         with torch.no_grad():
             centre = data.mean(0)
             xc = data - centre
+            max_sq = float(xc.square().sum(1).max())
+            if n * (n_quad + d + 1) > max(2 * n * self.n_components * d, _MAX_FEATURES):
+                return EMData(data, centre, None, n_quad, max_sq)
             features = torch.empty(n, n_quad + d + 1, dtype=data.dtype)
             if self.covariance_type == "full":
                 col = 0
@@ -209,8 +216,7 @@ class GaussianMixture(FiniteMixture):
                 torch.square(xc, out=features[:, :d])
             features[:, n_quad : n_quad + d] = xc
             features[:, -1] = 1.0
-            max_sq = float(xc.square().sum(1).max())
-        return _EMData(data, centre, features, n_quad, max_sq)
+        return EMData(data, centre, features, n_quad, max_sq)
 
     def _em_precisions(self, state: Mapping[str, torch.Tensor], centre: torch.Tensor):
         """Precision matrices (compact for diag/spherical), log-determinants, centred means,
@@ -235,7 +241,7 @@ class GaussianMixture(FiniteMixture):
                 prec = prec.unsqueeze(1).expand(-1, d)
         return prec, log_det, means, largest
 
-    def _em_well_conditioned(self, prep: _EMData, means_c: torch.Tensor, largest) -> bool:
+    def _em_well_conditioned(self, prep: EMData, means_c: torch.Tensor, largest) -> bool:
         spread = max(prep.max_sq_norm, float(means_c.square().sum(1).max()))
         eps = torch.finfo(means_c.dtype).eps
         return eps * spread * float(largest.max()) <= _CANCELLATION_LIMIT
@@ -258,9 +264,11 @@ class GaussianMixture(FiniteMixture):
         )
         return torch.cat([quad, lin, const.unsqueeze(1)], 1)
 
-    def _em_log_likelihood(self, prep: _EMData, state, *, resp: bool = True):
+    def _fast_log_likelihood(self, prep: EMData, state, *, resp: bool = True):
         """Total log-likelihood of the data under ``state`` and (optionally) the transposed
         responsibilities ``(K, N)``; ``None`` when the exact path is needed."""
+        if prep.features is None:
+            return None
         prec, log_det, means_c, largest = self._em_precisions(state, prep.centre)
         if not self._em_well_conditioned(prep, means_c, largest):
             return None
@@ -274,12 +282,13 @@ class GaussianMixture(FiniteMixture):
             return None
         return ll, (expd.div_(total) if resp else None)
 
-    def _em_iteration(
-        self, prep: _EMData, state: Mapping[str, torch.Tensor], reg_covar: float
+    def em_iteration(
+        self, prepared: EMData, state: Mapping[str, torch.Tensor], reg_covar: float
     ) -> tuple[float, dict[str, torch.Tensor]]:
         """One EM iteration: the log-likelihood at ``state`` and the M-step's new state."""
+        prep = prepared
         with torch.no_grad():
-            fast = self._em_log_likelihood(prep, state)
+            fast = self._fast_log_likelihood(prep, state)
             if fast is None:  # ill-conditioned for the expanded form: exact E- and M-step
                 log_resp, log_norm = self.e_step(prep.data, state)
                 return float(log_norm.sum()), self.m_step(
@@ -288,14 +297,15 @@ class GaussianMixture(FiniteMixture):
             ll, resp_t = fast
             return ll, self._em_m_step(prep, resp_t, reg_covar)
 
-    def _em_final_log_likelihood(self, prep: _EMData, state: Mapping[str, torch.Tensor]) -> float:
+    def em_log_likelihood(self, prepared: EMData, state: Mapping[str, torch.Tensor]) -> float:
+        """Total log-likelihood of the prepared data at ``state`` (labels summed out)."""
         with torch.no_grad():
-            fast = self._em_log_likelihood(prep, state, resp=False)
+            fast = self._fast_log_likelihood(prepared, state, resp=False)
             if fast is None:
-                return float(self.e_step(prep.data, state)[1].sum())
+                return float(self.e_step(prepared.data, state)[1].sum())
             return fast[0]
 
-    def _em_m_step(self, prep: _EMData, resp_t: torch.Tensor, reg_covar: float):
+    def _em_m_step(self, prep: EMData, resp_t: torch.Tensor, reg_covar: float):
         """:meth:`m_step` from the moments ``resp.T @ features`` (same algebra, centred data);
         ``resp_t`` is the ``(K, N)`` transpose of the responsibilities."""
         n, d = prep.data.shape

@@ -8,7 +8,7 @@ out. Subclasses say only what a component's distribution is.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -20,6 +20,7 @@ from pyro.infer import infer_discrete
 from torch.distributions import constraints
 
 from ppl_models.data import check_data
+from ppl_models.models.protocols import LatentModel, MixtureModel
 from ppl_models.priors import PriorSpec, SiteSpec, check_priors
 
 __all__ = ["COVARIANCE_TYPES", "FiniteMixture"]
@@ -40,7 +41,7 @@ GLOBAL_SITES: dict[str, SiteSpec] = {
 }
 
 
-class FiniteMixture(ABC):
+class FiniteMixture(LatentModel, MixtureModel):
     r"""Base class: a K-component mixture with an enumerated label.
 
     .. math::
@@ -73,6 +74,7 @@ class FiniteMixture(ABC):
     local_sites: ClassVar[tuple[str, ...]] = ("assignment",)
     observed_site: ClassVar[str] = "x"
     max_plate_nesting: ClassVar[int] = 1
+    location_site: ClassVar[str] = "locs"
     name: ClassVar[str] = "mixture"
 
     def __init__(
@@ -142,6 +144,24 @@ class FiniteMixture(ABC):
             self.observed_site: ["obs", "feature"],
             "assignment": ["obs"],
         }
+
+    def relabel_sites(self) -> dict[str, int]:
+        """Component-indexed sites and derived quantities, the component axis counted from the
+        right of each one's own shape."""
+        return {
+            "weights": -1,
+            "locs": -2,
+            "scale": -1 if self.covariance_type == "spherical" else -2,
+            "corr_chol": -3,
+            "covariances": -3,
+        }
+
+    def derived_quantities(
+        self, params: Mapping[str, torch.Tensor], n_features: int
+    ) -> dict[str, torch.Tensor]:
+        r"""The component covariances :math:`\Sigma_k` ``(..., K, D, D)`` of site values
+        (fixed sites filled in), batch dimensions kept."""
+        return {"covariances": self.covariances(self.full_params(params, n_features))}
 
     def validate(self, data: torch.Tensor) -> torch.Tensor:
         """Check data against the model (shape, values, K <= N) and priors' shapes for it."""
@@ -409,6 +429,13 @@ class FiniteMixture(ABC):
             f"{type(self).__name__}(n_components={self.n_components}, "
             f"covariance_type='{self.covariance_type}'{custom})"
         )
+
+    @classmethod
+    def from_config(
+        cls, config: Mapping[str, object], priors: Mapping[str, PriorSpec] | None = None
+    ) -> FiniteMixture:
+        """The model :meth:`config` and ``priors`` describe."""
+        return cls(**config, priors=priors)
 
     def config(self) -> dict:
         """JSON-ready constructor arguments (priors are saved separately)."""

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ppl_models.models.protocols import LabelledAmortized
 from ppl_models.models.vae import LATENT_PRIORS, VAE, LatentPrior, _positive_int
 from ppl_models.nn import make_classifier, make_encoder
 
@@ -177,7 +178,7 @@ LATENT_PRIORS.update({MixtureOfGaussiansPrior.name: MixtureOfGaussiansPrior,
                       VampPrior.name: VampPrior})
 
 
-class GMVAE(VAE):
+class GMVAE(VAE, LabelledAmortized):
     r"""Gaussian-mixture VAE with the cluster label enumerated exactly.
 
     .. math::
@@ -259,6 +260,30 @@ class GMVAE(VAE):
         if self.conditional_encoder:
             return {"encoder": self.encoder, "classifier": self.classifier}
         return {"encoder": self.encoder}
+
+    @property
+    def n_components(self) -> int:
+        """K, the number of values of the label (the role's name for ``n_clusters``)."""
+        return self.n_clusters
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], priors: dict[str, Any] | None = None) -> GMVAE:
+        """The model :meth:`config` describes (the prior is the model's own mixture)."""
+        return cls(**config)
+
+    def dims(self) -> dict[str, list[str]]:
+        """ArviZ dims of the label, the code and the data."""
+        return {"y": ["obs"], **super().dims()}
+
+    def code_mean(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\mathbb E_q[z \mid x]`: with the conditional encoder the mean of the
+        mixture :math:`\sum_y q(y \mid x)\, \mu_\phi(x, y)`."""
+        if not self.conditional_encoder:
+            return self.encoder(x)[0]
+        qy = torch.softmax(self.classifier(x), -1)  # (B, K)
+        labels = torch.arange(self.n_clusters, device=x.device)
+        locs = self._encode_given(x, labels[:, None]).base_dist.loc  # (K, B, L)
+        return (qy.T.unsqueeze(-1) * locs).sum(0)
 
     def config(self) -> dict:
         config = super().config()

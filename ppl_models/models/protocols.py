@@ -5,7 +5,8 @@ through these roles, with ``isinstance(model, Role)``: never by probing attribut
 ``getattr``/``hasattr`` and never through a private method. A model takes a role by having its
 members (the protocols are ``runtime_checkable``, so a user's own class needs no import from
 here); the collection's classes also inherit them explicitly, so that the contract a new family
-must meet is written down once, here.
+must meet is written down once, here. The methods are abstract: a class that inherits a role
+and misses one of its methods cannot be instantiated.
 
 =========================== ===============================================================
 role                        who needs it
@@ -25,6 +26,7 @@ role                        who needs it
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -69,20 +71,22 @@ class LatentModel(Protocol):
     enumerated_sites: tuple[str, ...]
     observed_site: str
     max_plate_nesting: int
+    priors: Mapping[str, Any]
 
-    @property
-    def priors(self) -> Mapping[str, Any]: ...
-
+    @abstractmethod
     def model(self, data: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """The Pyro model (stable snake_case site names)."""
 
+    @abstractmethod
     def validate(self, data: Any) -> torch.Tensor:
         """``data`` as the tensor the model takes, or a ``ValueError`` naming the problem."""
 
+    @abstractmethod
     def config(self) -> dict[str, Any]:
         """JSON-ready constructor arguments (priors excluded): ``cls(**config())`` rebuilds
         the structure."""
 
+    @abstractmethod
     def dims(self) -> dict[str, list[str]]:
         """ArviZ dims of every named site and derived quantity."""
 
@@ -96,25 +100,31 @@ class CollapsedLikelihood(Protocol):
     :math:`\log p(x_n \mid \theta)`.
     """
 
+    @abstractmethod
     def marginal_model(self, data: torch.Tensor) -> None: ...
 
+    @abstractmethod
     def log_likelihood(
         self, data: torch.Tensor, params: Mapping[str, torch.Tensor]
     ) -> torch.Tensor:
         """Pointwise log-likelihood, shape ``(*batch, N)`` for params with leading batch
         dimensions."""
 
+    @abstractmethod
     def site_shapes(self, n_features: int) -> dict[str, tuple[int, ...]]:
         """Shapes of the global sites for data with ``n_features`` columns."""
 
+    @abstractmethod
     def global_sites(self, n_features: int) -> list[str]:
         """The global *latent* sites (fixed ones excluded), in model order."""
 
+    @abstractmethod
     def full_params(
         self, params: Mapping[str, torch.Tensor], n_features: int
     ) -> dict[str, torch.Tensor]:
         """Site values with fixed sites filled in."""
 
+    @abstractmethod
     def derived_quantities(
         self, params: Mapping[str, torch.Tensor], n_features: int
     ) -> dict[str, torch.Tensor]:
@@ -124,23 +134,39 @@ class CollapsedLikelihood(Protocol):
 
 @runtime_checkable
 class MixtureModel(CollapsedLikelihood, Protocol):
-    """A finite mixture: ``n_components`` labels, per-observation memberships."""
+    """A finite mixture: ``n_components`` labels, per-observation memberships.
+
+    ``location_site`` names the site whose per-component values identify the labels: draws are
+    matched to a reference by the squared distance between them (relabelling), and a canonical
+    order sorts the components by its first coordinate.
+    """
 
     n_components: int
+    location_site: str
 
+    @abstractmethod
     def responsibilities(
         self, data: torch.Tensor, params: Mapping[str, torch.Tensor]
     ) -> torch.Tensor:
         """:math:`p(z_n = k \\mid x_n, \\theta)`, shape ``(N, K)``."""
 
+    @abstractmethod
     def initial_params(
         self, data: torch.Tensor, resp: torch.Tensor, reg_covar: float = 1e-6
     ) -> dict[str, torch.Tensor]:
         """Site values from responsibility-weighted moments (a starting point)."""
 
+    @abstractmethod
     def relabel_sites(self) -> dict[str, int]:
         """Sites (and derived quantities) indexed by component, with the axis of the
-        component counted from the right of the site's own shape, for label switching."""
+        component counted from the right of the site's own shape (``-2`` for ``(K, D)``),
+        for label switching."""
+
+    @abstractmethod
+    def degenerate_components(
+        self, params: Mapping[str, torch.Tensor], n_obs: int, floor: float
+    ) -> list[int]:
+        """Components that collapsed (a variance at the floor, or less than one point)."""
 
 
 @runtime_checkable
@@ -151,24 +177,31 @@ class ClosedFormEM(Protocol):
     :meth:`em_prepare` makes of the data once per fit.
     """
 
+    @abstractmethod
     def closed_form_unavailable(self, objective: str) -> str | None:
         """Why the closed form cannot serve ``objective`` (``None`` if it can)."""
 
+    @abstractmethod
     def em_state(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
 
+    @abstractmethod
     def em_params(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
 
+    @abstractmethod
     def em_prepare(self, data: torch.Tensor) -> Any:
         """Data prepared once per fit for :meth:`em_iteration`."""
 
+    @abstractmethod
     def em_iteration(
         self, prepared: Any, state: Mapping[str, torch.Tensor], reg_covar: float
     ) -> tuple[float, dict[str, torch.Tensor]]:
         """Total log-likelihood at ``state`` (labels summed out) and the next state."""
 
+    @abstractmethod
     def em_log_likelihood(self, prepared: Any, state: Mapping[str, torch.Tensor]) -> float:
         """Total log-likelihood at ``state``."""
 
+    @abstractmethod
     def m_step(
         self, data: torch.Tensor, resp: torch.Tensor, *, reg_covar: float
     ) -> dict[str, torch.Tensor]:
@@ -185,24 +218,36 @@ class AmortizedModel(Protocol):
 
     term_names: tuple[str, ...]
 
+    @abstractmethod
     def guide(self, data: torch.Tensor | None = None, **kwargs: Any) -> Any: ...
 
+    @abstractmethod
     def encode(self, x: torch.Tensor) -> dist.Distribution:
         """:math:`q(z \\mid x)`."""
 
+    @abstractmethod
     def decode(self, z: torch.Tensor) -> dist.Distribution:
         """:math:`p(x \\mid z)`."""
 
+    @abstractmethod
     def prior_distribution(self) -> dist.Distribution: ...
 
+    @abstractmethod
     def elbo_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-observation ELBO terms, each ``(B,)``, one reparameterised draw."""
 
+    @abstractmethod
     def log_importance_weights(self, x: torch.Tensor, num_particles: int) -> torch.Tensor:
         """:math:`\\log p(x, z_s) - \\log q(z_s \\mid x)`, shape ``(num_particles, B)``."""
 
+    @abstractmethod
+    def code_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """:math:`\\mathbb E_q[z \\mid x]`, shape ``(B, L)`` (labels averaged out)."""
+
+    @abstractmethod
     def parameters(self) -> Any: ...
 
+    @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...
 
 
@@ -212,5 +257,10 @@ class LabelledAmortized(AmortizedModel, Protocol):
 
     n_components: int
 
+    @abstractmethod
+    def code_given_label(self, y: torch.Tensor | None = None) -> dist.Distribution:
+        """:math:`p(z \\mid y)`; every label stacked (batch ``(K,)``) when ``y`` is None."""
+
+    @abstractmethod
     def label_posterior_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of :math:`q(y \\mid x)`, shape ``(B, K)``."""

@@ -46,6 +46,7 @@ from torch import nn
 from torch.distributions import constraints, kl_divergence
 
 from ppl_models.data import check_data
+from ppl_models.models.protocols import AmortizedModel, LatentModel
 from ppl_models.nn import make_decoder, make_encoder
 
 __all__ = [
@@ -143,6 +144,7 @@ class GaussianLikelihood(Likelihood):
     def __init__(self, output_dim: int, scale: float | None = None) -> None:
         nn.Module.__init__(self)
         self.output_dim = output_dim
+        self.log_scale: nn.Parameter | None = None
         if scale is None:
             self.log_scale = nn.Parameter(torch.zeros(()))
         else:
@@ -152,7 +154,7 @@ class GaussianLikelihood(Likelihood):
 
     @property
     def scale(self) -> torch.Tensor:
-        if hasattr(self, "log_scale"):
+        if isinstance(self.log_scale, nn.Parameter):
             return self.log_scale.exp()
         return self.fixed_scale
 
@@ -281,7 +283,7 @@ def _positive_int(value: Any, name: str) -> int:
 
 
 # ---------------------------------------------------------------------------- the model
-class VAE(nn.Module):
+class VAE(nn.Module, LatentModel, AmortizedModel):
     r"""Variational autoencoder (Kingma & Welling 2014; Rezende et al. 2014).
 
     .. math::
@@ -384,7 +386,10 @@ class VAE(nn.Module):
 
     @property
     def priors(self) -> dict:
-        """No global site takes a user prior (kept for the drivers' common interface)."""
+        """The user's fixed distribution over ``z`` (a :class:`DistributionPrior`), else empty:
+        no other site takes a user prior."""
+        if isinstance(self.prior, DistributionPrior):
+            return {"z": self.prior.fixed}
         return {}
 
     def config(self) -> dict:
@@ -398,6 +403,30 @@ class VAE(nn.Module):
             "hidden": list(self.hidden),
             "activation": self.activation,
         }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], priors: dict[str, Any] | None = None) -> VAE:
+        """The model :meth:`config` describes (networks freshly initialised).
+
+        The latent prior is rebuilt from :data:`LATENT_PRIORS` by its ``name``; a fixed
+        distribution prior (``"distribution"``) comes from ``priors["z"]``.
+        """
+        config = dict(config)
+        spec = dict(config.pop("prior"))
+        name = spec.pop("name")
+        if name == DistributionPrior.name:
+            if not priors or "z" not in priors:
+                raise ValueError("prior: a 'distribution' latent prior needs its saved values")
+            prior: LatentPrior = DistributionPrior(priors["z"])
+        elif name in LATENT_PRIORS:
+            prior = LATENT_PRIORS[name](**spec)
+        else:
+            raise ValueError(f"prior: unknown latent prior {name!r}; known {sorted(LATENT_PRIORS)}")
+        return cls(**config, prior=prior)
+
+    def dims(self) -> dict[str, list[str]]:
+        """ArviZ dims of the code and the data."""
+        return {"z": ["obs", "latent"], self.observed_site: ["obs", "feature"]}
 
     def extra_repr(self) -> str:
         return (
@@ -431,6 +460,10 @@ class VAE(nn.Module):
         r""":math:`q_\phi(z \mid x)`, batch ``x.shape[:-1]``, event ``(L,)``."""
         loc, scale = self.encoder(x)
         return dist.Normal(loc, scale).to_event(1)
+
+    def code_mean(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\mu_\phi(x) = \mathbb E_q[z \mid x]`, ``(B, L)``."""
+        return self.encoder(x)[0]
 
     def decode(self, z: torch.Tensor) -> dist.Distribution:
         r""":math:`p_\theta(x \mid z)`, batch ``z.shape[:-1]``, event ``(D,)``."""
