@@ -159,7 +159,7 @@ def test_relabel_draws_undoes_known_permutation(fake) -> None:
     draws = fake["result"].draws
     # the switched draws really are switched
     assert not torch.equal(draws["locs"], fake["clean"]["locs"])
-    out = relabel_draws(draws, fake["base"]["locs"])
+    out = relabel_draws(draws, fake["base"]["locs"], sites=fake["result"].model.relabel_sites())
     for name, value in fake["clean"].items():
         assert torch.equal(out[name], value), name
 
@@ -214,7 +214,9 @@ def test_canonical_order_breaks_ties_with_next_feature() -> None:
 
 def test_relabel_draws_rejects_mismatched_reference(fake) -> None:
     with pytest.raises(ValueError, match="shape"):
-        relabel_draws(fake["result"].draws, torch.zeros(2, 2))
+        relabel_draws(
+            fake["result"].draws, torch.zeros(2, 2), sites=fake["result"].model.relabel_sites()
+        )
 
 
 # ---------------------------------------------------------------------------------------------

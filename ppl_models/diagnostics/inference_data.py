@@ -2,7 +2,9 @@
 
 This is where tensors become NumPy/xarray. The groups are built with :func:`arviz.from_dict`
 from the model's own closed forms rather than with ``arviz.from_pyro``, which cannot record the
-log-likelihood of a model whose label is enumerated.
+log-likelihood of a model whose label is enumerated. Dims, derived quantities and the pointwise
+log-likelihood come from the model (:class:`~ppl_models.models.LatentModel` and
+:class:`~ppl_models.models.CollapsedLikelihood`); nothing here names a site.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pyro import poutine
 from ppl_models._arviz import az
 from ppl_models.diagnostics.relabel import Relabelled, relabel_result
 from ppl_models.infer.result import FitResult
+from ppl_models.models import CollapsedLikelihood, LatentModel, MixtureModel
 
 __all__ = ["feature_names", "full_draws", "to_inference_data"]
 
@@ -41,14 +44,14 @@ def _numpy(value: torch.Tensor) -> np.ndarray:
 
 
 def full_draws(
-    model, values: Mapping[str, torch.Tensor], n_features: int, n_batch: int
+    model: CollapsedLikelihood, values: Mapping[str, torch.Tensor], n_features: int, n_batch: int
 ) -> dict[str, torch.Tensor]:
     """Site values with fixed sites filled in and broadcast to the draws' batch shape.
 
     Parameters
     ----------
-    model
-        The model (provides ``full_params``).
+    model : CollapsedLikelihood
+        The model (provides ``full_params`` and ``site_shapes``).
     values : mapping of str to Tensor
         Latent sites, each ``(*batch, *site_shape)``.
     n_features : int
@@ -62,7 +65,7 @@ def full_draws(
     first = next(iter(values.values()))
     batch, dtype = tuple(first.shape[:n_batch]), first.dtype
     full = model.full_params(dict(values), n_features)
-    shapes = model.site_shapes(n_features) if hasattr(model, "site_shapes") else {}
+    shapes = model.site_shapes(n_features)
     out: dict[str, torch.Tensor] = {}
     for name, value in full.items():
         value = torch.as_tensor(value).to(dtype)
@@ -98,7 +101,7 @@ def _posterior_attrs(result: FitResult, relabelled: Relabelled) -> dict[str, Any
     attrs: dict[str, Any] = {
         "method": result.method,
         "point_estimate": int(point),
-        "model": getattr(result.model, "name", type(result.model).__name__),
+        "model": result.model.name,
         "converged": int(bool(result.converged)),
         "n_iter": int(result.n_iter),
         "fit_seconds": float(result.fit_seconds),
@@ -108,8 +111,7 @@ def _posterior_attrs(result: FitResult, relabelled: Relabelled) -> dict[str, Any
         attrs["relabel_note"] = relabelled.note
     if result.seed is not None:
         attrs["seed"] = int(result.seed)
-    config = result.model.config() if hasattr(result.model, "config") else {}
-    for key, value in config.items():
+    for key, value in result.model.config().items():
         safe = _json_attr(value)
         if safe is not None:
             attrs.setdefault(key, safe)
@@ -120,11 +122,13 @@ def _posterior_attrs(result: FitResult, relabelled: Relabelled) -> dict[str, Any
     return attrs
 
 
-def _log_likelihood(model, data: torch.Tensor, full: Mapping[str, torch.Tensor]) -> np.ndarray:
+def _log_likelihood(
+    model: CollapsedLikelihood, data: torch.Tensor, full: Mapping[str, torch.Tensor]
+) -> np.ndarray:
     """``(chain, draw, N)`` pointwise log-likelihood, the label summed out, in blocks."""
-    batch = full["locs"].shape[:2]
+    batch = next(iter(full.values())).shape[:2]
     flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in full.items()}
-    total = flat["locs"].shape[0]
+    total = batch[0] * batch[1]
     blocks = []
     with torch.no_grad():
         for start in range(0, total, _LOG_LIK_BLOCK):
@@ -139,10 +143,12 @@ def _predictive_draws(n_chain: int, n_draw: int, num: int) -> np.ndarray:
     return np.unique(np.linspace(0, n_draw - 1, per_chain).round().astype(int))
 
 
-def _simulate(model, params: Mapping[str, torch.Tensor], n_obs: int, n_features: int):
-    """One data set from the model, its latent global sites conditioned on ``params``."""
-    conditioned = poutine.condition(model.model, data=dict(params))
-    trace = poutine.trace(conditioned).get_trace(None, n_obs=n_obs, n_features=n_features)
+def _simulate(model: LatentModel, params: Mapping[str, torch.Tensor], data: torch.Tensor):
+    """One data set like ``data`` from the model, its latent global sites set to ``params``:
+    the observed site is drawn afresh (:func:`pyro.poutine.uncondition`), every other latent
+    site from its conditional."""
+    simulating = poutine.condition(poutine.uncondition(model.model), data=dict(params))
+    trace = poutine.trace(simulating).get_trace(data)
     return trace.nodes[model.observed_site]["value"]
 
 
@@ -151,6 +157,7 @@ def _posterior_predictive(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(chain, m, N, D)`` simulated data sets and the posterior draw index of each."""
     n, d = result.data.shape
+    data = result.data
     n_chain, n_draw = next(iter(latent.values())).shape[:2]
     point = result.draws is None
     index = np.arange(num) if point else _predictive_draws(n_chain, n_draw, num)
@@ -161,7 +168,7 @@ def _posterior_predictive(
             for j, s in enumerate(index):
                 s_post = 0 if point else int(s)
                 params = {k: v[c, s_post] for k, v in latent.items()}
-                out[c, j] = _numpy(_simulate(result.model, params, n, d))
+                out[c, j] = _numpy(_simulate(result.model, params, data))
     return out, index
 
 
@@ -177,7 +184,9 @@ def to_inference_data(
     Parameters
     ----------
     result : FitResult
-        Any fit: EM's point estimate, an SVI guide's draws or NUTS chains.
+        Any fit (EM's point estimate, an SVI guide's draws or NUTS chains) of a
+        :class:`~ppl_models.models.LatentModel` with a
+        :class:`~ppl_models.models.CollapsedLikelihood`.
     num_predictive : int
         At most this many simulated data sets of ``N`` rows each. With draws they are
         simulated from draws spread evenly over each chain (the same draw indices in every
@@ -194,25 +203,32 @@ def to_inference_data(
     -------
     arviz.InferenceData
         - ``posterior``: every latent global site, components relabelled to a canonical order
-          (:func:`~ppl_models.diagnostics.relabel.relabel_result`), and the derived
-          ``covariances`` ``(component, feature, feature_bis)``. For EM: one chain of one draw
-          holding the point estimate, with ``attrs["point_estimate"] = 1`` (netCDF has no
-          booleans: every flag in the attrs is 0/1). ``attrs`` also carry ``method``, the
-          model's configuration and the JSON-able entries of ``result.info`` (BIC, AIC, ...;
-          lists and dicts as JSON strings).
+          (:func:`~ppl_models.diagnostics.relabel.relabel_result`), and the model's derived
+          quantities (a mixture's ``covariances`` ``(component, feature, feature_bis)``).
+          For EM: one chain of one draw holding the point estimate, with
+          ``attrs["point_estimate"] = 1`` (netCDF has no booleans: every flag in the attrs
+          is 0/1). ``attrs`` also carry ``method``, the model's configuration and the
+          JSON-able entries of ``result.info`` (BIC, AIC, ...; lists and dicts as JSON
+          strings).
         - ``posterior_predictive``: ``x`` ``(chain, draw, obs, feature)``.
         - ``log_likelihood``: ``x`` ``(chain, draw, obs)``, the pointwise
           :math:`\\log p(x_n \\mid \\theta)` with the cluster label summed out (not the
           complete-data likelihood), which is what LOO/WAIC need.
         - ``observed_data``: ``x`` ``(obs, feature)``.
 
-        Coordinates: ``component`` (0..K-1), ``feature`` and ``feature_bis`` (the column
-        names, else ``x0``..), ``obs`` (0..N-1). The result can be written with
+        Dims are the model's (``model.dims()``). Coordinates: ``feature`` and
+        ``feature_bis`` (the column names, else ``x0``..), ``obs`` (0..N-1), ``component``
+        (0..K-1) for a mixture; other dims are numbered by ArviZ. The result can be written with
         ``idata.to_netcdf(path)``.
     """
     if num_predictive < 0:
         raise ValueError(f"num_predictive must be non-negative; got {num_predictive}")
     model = result.model
+    if not (isinstance(model, LatentModel) and isinstance(model, CollapsedLikelihood)):
+        raise ValueError(
+            f"to_inference_data needs a LatentModel with a CollapsedLikelihood (dims and the "
+            f"pointwise log-likelihood); {type(model).__name__} is not one"
+        )
     data = result.data
     n, d = data.shape
     relabelled = relabel_result(result)
@@ -225,17 +241,13 @@ def to_inference_data(
         raise ValueError("every global site of the model is fixed: there is no posterior")
     full = full_draws(model, latent, d, 2)
     with torch.no_grad():
-        covariances = model.covariances(full)
+        derived = model.derived_quantities(full, d)
 
-    posterior = {name: _numpy(value) for name, value in latent.items()}
-    posterior["covariances"] = _numpy(covariances)
+    posterior = {name: _numpy(value) for name, value in {**latent, **derived}.items()}
     names = feature_names(result)
-    coords = {
-        "component": np.arange(full["locs"].shape[2]),
-        "feature": names,
-        "feature_bis": names,
-        "obs": np.arange(n),
-    }
+    coords: dict[str, Any] = {"feature": names, "feature_bis": names, "obs": np.arange(n)}
+    if isinstance(model, MixtureModel):
+        coords["component"] = np.arange(model.n_components)
     dims = {name: list(value) for name, value in model.dims().items()}
     observed = {model.observed_site: _numpy(data)}
     groups: dict[str, Any] = {"posterior": posterior, "observed_data": observed}

@@ -9,53 +9,42 @@ squared distance between their locations (the Hungarian algorithm,
 permuted alike (Stephens, 2000, "Dealing with label switching in mixture models", JRSS B, uses
 the same idea with a KL loss).
 
-The reference is the point estimate's locations sorted by their first feature (a canonical
-order, ties broken by the next features); the point estimate itself is permuted to that order.
+What is permuted and what is matched come from the model
+(:class:`~ppl_models.models.MixtureModel`): ``relabel_sites()`` names the component-indexed
+sites with the axis of the component, ``location_site`` the site whose per-component values
+are matched. The reference is the point estimate's locations sorted by their first coordinate
+(a canonical order, ties broken by the next coordinates); the point estimate itself is permuted
+to that order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from ppl_models.models import MixtureModel
+
 __all__ = [
     "Relabelled",
     "canonical_order",
-    "component_sites",
+    "component_rows",
     "label_permutations",
     "permute_components",
     "relabel_draws",
     "relabel_result",
 ]
 
-#: ArviZ dims of the finite mixtures' global sites, used when no ``dims`` are given.
-_MIXTURE_DIMS: dict[str, list[str]] = {
-    "weights": ["component"],
-    "locs": ["component", "feature"],
-    "scale": ["component", "feature"],
-    "corr_chol": ["component", "feature", "feature_bis"],
-}
 
-
-def component_sites(dims: Mapping[str, Sequence[str]], names: Sequence[str]) -> list[str]:
-    """The names among ``names`` whose first ArviZ dim is ``"component"``.
-
-    Parameters
-    ----------
-    dims : mapping of str to sequence of str
-        ArviZ dims per site (as ``model.dims()``), without the ``chain``/``draw`` dims.
-    names : sequence of str
-        Candidate sites (e.g. the keys of a draws dict).
-
-    Returns
-    -------
-    list of str
-    """
-    return [n for n in names if list(dims.get(n, []))[:1] == ["component"]]
+def component_rows(value: torch.Tensor, axis: int, n_batch: int) -> torch.Tensor:
+    """``value`` as ``(*batch, K, F)``: its component axis (``axis``, counted from the right)
+    after the ``n_batch`` leading batch dims, every other axis flattened into ``F``."""
+    value = torch.as_tensor(value)
+    moved = value.movedim(value.dim() + axis, n_batch)
+    return moved.reshape(*moved.shape[: n_batch + 1], -1)
 
 
 def canonical_order(locs: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -118,18 +107,20 @@ def label_permutations(
 def permute_components(
     values: Mapping[str, torch.Tensor],
     perm: torch.Tensor | np.ndarray,
-    sites: Sequence[str],
+    sites: Mapping[str, int],
 ) -> dict[str, torch.Tensor]:
     """Permute the component axis of ``sites`` in ``values``; other entries pass through.
 
     Parameters
     ----------
     values : mapping of str to Tensor
-        Each component site has shape ``(*batch, K, ...)`` where ``batch`` is ``perm``'s batch.
+        Each component site has shape ``(*batch, *site_shape)`` where ``batch`` is
+        ``perm``'s batch.
     perm : array of int (*batch, K)
         One permutation per batch element (``batch`` may be empty).
-    sites : sequence of str
-        The component-indexed sites to permute (names absent from ``values`` are ignored).
+    sites : mapping of str to int
+        The component-indexed sites and the axis of the component, counted from the right of
+        the value (``model.relabel_sites()``); names absent from ``values`` are ignored.
 
     Returns
     -------
@@ -138,18 +129,20 @@ def permute_components(
     perm_t = torch.as_tensor(np.asarray(perm), dtype=torch.long)
     n_batch = perm_t.dim() - 1
     out = dict(values)
-    for name in sites:
+    for name, axis in sites.items():
         if name not in values:
             continue
         value = values[name]
-        if tuple(value.shape[: n_batch + 1]) != tuple(perm_t.shape):
+        dim = value.dim() + axis
+        moved = value.movedim(dim, n_batch) if dim >= n_batch else value
+        if dim < n_batch or tuple(moved.shape[: n_batch + 1]) != tuple(perm_t.shape):
             raise ValueError(
-                f"site '{name}' of shape {tuple(value.shape)} does not start with the "
-                f"permutations' shape {tuple(perm_t.shape)}"
+                f"site '{name}' of shape {tuple(value.shape)} has no component axis {axis} "
+                f"after the permutations' batch shape {tuple(perm_t.shape)}"
             )
-        rest = value.shape[n_batch + 1 :]
-        index = perm_t.reshape(*perm_t.shape, *([1] * len(rest))).expand(value.shape)
-        out[name] = torch.gather(value, n_batch, index.to(value.device))
+        rest = moved.shape[n_batch + 1 :]
+        index = perm_t.reshape(*perm_t.shape, *([1] * len(rest))).expand(moved.shape)
+        out[name] = torch.gather(moved, n_batch, index.to(value.device)).movedim(n_batch, dim)
     return out
 
 
@@ -157,7 +150,7 @@ def relabel_draws(
     draws: Mapping[str, torch.Tensor],
     reference_locs: torch.Tensor | np.ndarray,
     *,
-    dims: Mapping[str, Sequence[str]] | None = None,
+    sites: Mapping[str, int],
     locs_site: str = "locs",
 ) -> dict[str, torch.Tensor]:
     """Permute every draw's components so that its locations best match a reference.
@@ -165,31 +158,30 @@ def relabel_draws(
     Parameters
     ----------
     draws : mapping of str to Tensor
-        Site -> ``(chain, draw, *site_shape)``; the component axis of a component-indexed site
-        is the first axis after ``(chain, draw)``.
-    reference_locs : array (K, D)
-        The locations defining the labels (see :func:`relabel_result` for the usual choice).
-    dims : mapping of str to sequence of str, optional
-        ArviZ dims per site (``model.dims()``): every site whose dims start with
-        ``"component"`` is permuted. Default: the finite mixtures' ``weights``, ``locs``,
-        ``scale`` and ``corr_chol``.
+        Site -> ``(chain, draw, *site_shape)``.
+    reference_locs : array (K, F)
+        The component rows of ``locs_site`` defining the labels (:func:`component_rows`; see
+        :func:`relabel_result` for the usual choice).
+    sites : mapping of str to int
+        The component-indexed sites with the component's axis counted from the right
+        (``model.relabel_sites()``): every one of them in ``draws`` is permuted.
     locs_site : str
-        The site holding the locations, ``(chain, draw, K, D)``.
+        The site whose components are matched (``model.location_site``).
 
     Returns
     -------
     dict of str to Tensor
         The relabelled draws (same keys and shapes).
     """
-    if locs_site not in draws:
-        raise ValueError(f"draws have no '{locs_site}' site to match components by")
+    if locs_site not in draws or locs_site not in sites:
+        raise ValueError(f"draws have no component site '{locs_site}' to match components by")
     locs = draws[locs_site]
-    if locs.dim() != 4:
+    if locs.dim() + sites[locs_site] < 2:
         raise ValueError(
-            f"draws['{locs_site}'] must have shape (chain, draw, K, D); got {tuple(locs.shape)}"
+            f"draws['{locs_site}'] must have (chain, draw) before its components; got "
+            f"{tuple(locs.shape)}"
         )
-    perm = label_permutations(locs, reference_locs)
-    sites = component_sites(_MIXTURE_DIMS if dims is None else dims, list(draws))
+    perm = label_permutations(component_rows(locs, sites[locs_site], 2), reference_locs)
     return permute_components(draws, perm, sites)
 
 
@@ -203,8 +195,9 @@ class Relabelled:
         The point estimate, components in canonical order.
     draws : dict of str to Tensor or None
         The relabelled draws (``None`` for a point estimate).
-    reference_locs : Tensor (K, D)
-        The locations the draws were finally matched to.
+    reference_locs : Tensor (K, F) or None
+        The component rows of the location site the draws were finally matched to
+        (``None`` for a model without component labels).
     permutations : ndarray of int (chain, draw, K) or None
         Per draw, which original component became component ``k``.
     applied : bool
@@ -215,17 +208,21 @@ class Relabelled:
 
     params: dict[str, torch.Tensor]
     draws: dict[str, torch.Tensor] | None
-    reference_locs: torch.Tensor
+    reference_locs: torch.Tensor | None
     permutations: np.ndarray | None
     applied: bool
     note: str = ""
 
 
-def _asymmetric_fixed_site(model, params: Mapping[str, torch.Tensor], d: int) -> str | None:
+def _asymmetric_fixed_site(
+    model: MixtureModel, params: Mapping[str, torch.Tensor], d: int
+) -> str | None:
     """A fixed component site whose value differs between components (labels identified)."""
     full = model.full_params(params, d)
-    for name in component_sites(model.dims(), [n for n in full if n not in params]):
-        value = full[name]
+    for name, axis in model.relabel_sites().items():
+        if name not in full or name in params:
+            continue
+        value = component_rows(full[name], axis, 0)
         if value.shape[0] > 1 and not torch.all(value == value[:1]):
             return name
     return None
@@ -234,16 +231,17 @@ def _asymmetric_fixed_site(model, params: Mapping[str, torch.Tensor], d: int) ->
 def relabel_result(result, *, refine: bool = True, max_iter: int = 20) -> Relabelled:
     """Canonical labels for a :class:`~ppl_models.infer.result.FitResult`.
 
-    The point estimate ``result.params`` is sorted by the first feature of its locations; its
-    sorted locations are the reference every draw is matched to (:func:`relabel_draws`). With
-    ``refine``, the reference is then replaced by the mean of the relabelled locations and the
-    matching repeated until the labels stop changing (at most ``max_iter`` rounds), so that a
-    point estimate blurred by label switching (a posterior mean over switched chains) still
-    leads to a clean labelling; component ``k`` keeps the identity it had in the sorted point
-    estimate.
+    The point estimate ``result.params`` is sorted by the first coordinate of its locations
+    (the model's ``location_site``); its sorted locations are the reference every draw is
+    matched to (:func:`relabel_draws`). With ``refine``, the reference is then replaced by the
+    mean of the relabelled locations and the matching repeated until the labels stop changing
+    (at most ``max_iter`` rounds), so that a point estimate blurred by label switching (a
+    posterior mean over switched chains) still leads to a clean labelling; component ``k``
+    keeps the identity it had in the sorted point estimate.
 
-    Nothing is permuted when a fixed component site (a prior given as a tensor) differs
-    between components: the labels are then identified by the model itself.
+    Nothing is permuted when the model has no component labels (it is not a
+    :class:`~ppl_models.models.MixtureModel`), or when a fixed component site (a prior given as
+    a tensor) differs between components: the labels are then identified by the model itself.
 
     Parameters
     ----------
@@ -258,9 +256,12 @@ def relabel_result(result, *, refine: bool = True, max_iter: int = 20) -> Relabe
     model = result.model
     params = {k: torch.as_tensor(v) for k, v in result.params.items()}
     draws = None if result.draws is None else dict(result.draws)
-    locs = model.full_params(params, result.n_features)["locs"]
-    k = locs.shape[0]
-    if k == 1:
+    if not isinstance(model, MixtureModel):
+        return Relabelled(params, draws, None, None, False, "not relabelled: no component labels")
+    sites, site = model.relabel_sites(), model.location_site
+    axis = sites[site]
+    locs = component_rows(model.full_params(params, result.n_features)[site], axis, 0)
+    if model.n_components == 1:
         return Relabelled(params, draws, locs, None, True, "one component: nothing to relabel")
     fixed = _asymmetric_fixed_site(model, params, result.n_features)
     if fixed is not None:
@@ -269,23 +270,21 @@ def relabel_result(result, *, refine: bool = True, max_iter: int = 20) -> Relabe
             "model identifies the labels"
         )
         return Relabelled(params, draws, locs, None, False, note)
-    if "locs" not in params or (draws is not None and "locs" not in draws):
+    if site not in params or (draws is not None and site not in draws):
         note = "not relabelled: the locations are fixed, so there is nothing to match"
         return Relabelled(params, draws, locs, None, False, note)
-    dims = model.dims()
-    sites = component_sites(dims, list(params))
     params = permute_components(params, canonical_order(locs), sites)
-    reference = params["locs"]
+    reference = component_rows(params[site], axis, 0)
     if draws is None:
         return Relabelled(params, None, reference, None, True)
-    perm = label_permutations(draws["locs"], reference)
+    rows = component_rows(draws[site], axis, 2)
+    perm = label_permutations(rows, reference)
     for _ in range(max_iter if refine else 0):
-        mean_locs = permute_components({"locs": draws["locs"]}, perm, ["locs"])["locs"]
-        candidate = mean_locs.mean(dim=(0, 1))
-        new_perm = label_permutations(draws["locs"], candidate)
+        candidate = permute_components({site: rows}, perm, {site: -2})[site].mean(dim=(0, 1))
+        new_perm = label_permutations(rows, candidate)
         reference = candidate
         if np.array_equal(new_perm, perm):
             break
         perm = new_perm
-    draws = permute_components(draws, perm, component_sites(dims, list(draws)))
+    draws = permute_components(draws, perm, sites)
     return Relabelled(params, draws, reference, perm, True)

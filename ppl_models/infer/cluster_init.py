@@ -26,7 +26,8 @@ import torch
 from ppl_models.infer.em import fit_em
 from ppl_models.infer.result import FitResult
 from ppl_models.models.gmm import GaussianMixture
-from ppl_models.models.mixture_vae import MixtureOfGaussiansPrior
+from ppl_models.models.mixture_vae import GMVAE, MixtureOfGaussiansPrior
+from ppl_models.models.vae import VAE
 
 __all__ = ["init_prior_from_codes"]
 
@@ -69,13 +70,13 @@ def init_prior_from_codes(
         The prior is not a mixture of Gaussians, the encoder is conditional on the label, or
         there are fewer images than components.
     """
-    prior = getattr(model, "prior", None)
+    prior = model.prior if isinstance(model, VAE) else None
     if not isinstance(prior, MixtureOfGaussiansPrior):
         raise ValueError(
             f"init_prior_from_codes needs a mixture-of-Gaussians prior; {type(model).__name__} "
             f"has {type(prior).__name__}"
         )
-    if getattr(model, "conditional_encoder", False):
+    if isinstance(model, GMVAE) and model.conditional_encoder:
         raise ValueError(
             "init_prior_from_codes needs one code per image: build the GMVAE with "
             "conditional_encoder=False (q(z | x) and the exact p(y | z))"

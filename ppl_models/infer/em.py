@@ -7,7 +7,8 @@ parallel enumeration of the model). The M-step maximises the expected complete-d
 .. math:: Q(\theta) = \sum_n \sum_k r_{nk} \log p(x_n, z_n = k \mid \theta)
     \; [+ \log p(\theta) \text{ for MAP}]
 
-in closed form where the model provides one (``model.m_step``), otherwise numerically
+in closed form where the model provides one (the :class:`~ppl_models.models.ClosedFormEM`
+hooks), otherwise numerically
 (L-BFGS in the sites' unconstrained space, starting from the current value and accepted only
 if :math:`Q` rises, so the objective never decreases: a generalised EM, Dempster, Laird &
 Rubin 1977). Restarts keep the best optimum; a final E-step makes the labels match the
@@ -32,7 +33,9 @@ from torch.distributions import biject_to
 from tqdm.auto import tqdm
 
 import guides
+from ppl_models.data import check_data
 from ppl_models.infer.result import FitResult
+from ppl_models.models import ClosedFormEM, FiniteMixture, LatentModel, MixtureModel
 
 __all__ = ["fit_em", "kmeans_plus_plus"]
 
@@ -80,17 +83,15 @@ def kmeans_plus_plus(data: torch.Tensor, k: int, generator: torch.Generator) -> 
 
 # --------------------------------------------------------------------------- engines
 class _ClosedForm:
-    """EM through the model's own ``e_step``/``m_step`` (its moment-form state)."""
+    """EM through the model's public hooks (:class:`~ppl_models.models.ClosedFormEM`), on
+    data it prepares once per fit, in its own form of the state."""
 
     name = "closed_form"
+    map = False
 
-    def __init__(self, model, data: torch.Tensor, reg_covar: float) -> None:
+    def __init__(self, model: ClosedFormEM, data: torch.Tensor, reg_covar: float) -> None:
         self.model, self.data, self.reg_covar = model, data, reg_covar
-        # Models may offer private fast iterations on data prepared once per fit
-        # (GaussianMixture: centred quadratic features); otherwise, or when the model declines
-        # (prepare returns None), e_step/m_step are used.
-        prepare = getattr(model, "_em_prepare", None)
-        self._prepared = prepare(data) if prepare is not None else None
+        self._prepared = model.em_prepare(data)
 
     def from_resp(self, resp: torch.Tensor):
         return self.model.m_step(self.data, resp, reg_covar=self.reg_covar)
@@ -99,27 +100,15 @@ class _ClosedForm:
         _require_sites(params, self.model.global_sites(self.data.shape[1]))
         return self.model.em_state(params)
 
-    def e_step(self, state) -> tuple[torch.Tensor, torch.Tensor, float]:
-        log_resp, log_norm = self.model.e_step(self.data, state)
-        return log_resp, log_norm, 0.0
-
-    def m_step(self, state, resp: torch.Tensor):
-        return self.model.m_step(self.data, resp, reg_covar=self.reg_covar)
-
     def iterate(self, state) -> tuple[float, float, dict[str, torch.Tensor]]:
-        """Total log-likelihood and log prior at ``state``, and the next state."""
-        if self._prepared is not None:
-            ll, new = self.model._em_iteration(self._prepared, state, self.reg_covar)
-            return ll, 0.0, new
-        log_resp, log_norm, log_prior = self.e_step(state)
-        return float(log_norm.sum()), log_prior, self.m_step(state, log_resp.exp())
+        """Total log-likelihood and log prior (0: maximum likelihood) at ``state``, and the
+        next state."""
+        ll, new = self.model.em_iteration(self._prepared, state, self.reg_covar)
+        return ll, 0.0, new
 
     def evaluate(self, state) -> tuple[float, float]:
-        """Total log-likelihood and log prior at ``state``."""
-        if self._prepared is not None:
-            return self.model._em_final_log_likelihood(self._prepared, state), 0.0
-        _, log_norm, log_prior = self.e_step(state)
-        return float(log_norm.sum()), log_prior
+        """Total log-likelihood and log prior (0) at ``state``."""
+        return self.model.em_log_likelihood(self._prepared, state), 0.0
 
     def params(self, state) -> dict[str, torch.Tensor]:
         return self.model.em_params(state)
@@ -146,22 +135,20 @@ class _Generic:
         self.map = objective == "map"
         self.reg_covar = reg_covar
         self.inner_steps = inner_steps
-        self.max_plate_nesting = getattr(model, "max_plate_nesting", 1)
+        self.max_plate_nesting = model.max_plate_nesting if isinstance(model, LatentModel) else 1
         self.supports = guides.global_latent_supports(model, data)
         if not self.supports:
             raise ValueError("EM needs at least one global latent site to optimise")
 
     # A state is the dict of global site values.
     def from_resp(self, resp: torch.Tensor) -> dict[str, torch.Tensor]:
-        start = getattr(self.model, "initial_params", None)
-        if start is None:
+        if not isinstance(self.model, MixtureModel):
             raise ValueError(
                 "this model has no initial_params(data, resp) hook: pass init={site: value} "
                 f"for its global sites {sorted(self.supports)}"
             )
-        return {
-            k: v for k, v in start(self.data, resp, self.reg_covar).items() if k in self.supports
-        }
+        start = self.model.initial_params(self.data, resp, self.reg_covar)
+        return {k: v for k, v in start.items() if k in self.supports}
 
     def from_params(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         _require_sites(params, self.supports)
@@ -272,10 +259,9 @@ def _require_sites(params: Mapping[str, Any], required) -> None:
 
 def _collapse_notes(model, params, data: torch.Tensor, reg_covar: float, held: bool) -> list[str]:
     """Warnings for components that collapsed (the model says which, if it can tell)."""
-    find = getattr(model, "degenerate_components", None)
-    if find is None:
+    if not isinstance(model, MixtureModel):
         return []
-    collapsed = find(params, data.shape[0], reg_covar)
+    collapsed = model.degenerate_components(params, data.shape[0], reg_covar)
     if not collapsed:
         return []
     how = (
@@ -291,16 +277,16 @@ def _collapse_notes(model, params, data: torch.Tensor, reg_covar: float, held: b
 
 # --------------------------------------------------------------------------- driver
 def _count_parameters(model, params: Mapping[str, torch.Tensor], data: torch.Tensor) -> int:
-    """Free parameters: the unconstrained dimension of every global site that was fitted."""
-    specs = model.site_specs() if hasattr(model, "site_specs") else {}
+    """Free parameters: the unconstrained dimension of every global site that was fitted
+    (supports read from one traced run of the model)."""
+    supports = guides.global_latent_supports(model, data)
     total = 0
     for name, value in params.items():
-        spec = specs.get(name)
-        if spec is None:
+        support = supports.get(name)
+        if support is None:
             total += value.numel()
             continue
-        shape = biject_to(spec.domain).inverse_shape(value.shape)
-        total += math.prod(shape)
+        total += math.prod(biject_to(support).inverse_shape(value.shape))
     return total
 
 
@@ -309,19 +295,23 @@ def _resolve_objective(model, objective: str) -> str:
         raise ValueError(f"objective must be 'auto', 'ml' or 'map'; got {objective!r}")
     if objective != "auto":
         return objective
-    priors = getattr(model, "priors", {}) or {}
+    priors = model.priors if isinstance(model, LatentModel) else {}
     return "map" if any(not isinstance(p, torch.Tensor) for p in priors.values()) else "ml"
 
 
 def _initial_state(engine, init, data: torch.Tensor, k: int, generator: torch.Generator):
     if isinstance(init, Mapping):
         params = {name: torch.as_tensor(v, dtype=data.dtype) for name, v in init.items()}
-        if "covariances" in params:
-            model = engine.model
-            params = model.site_params_from_moments(
+        if "covariances" in params and isinstance(engine.model, FiniteMixture):
+            params = engine.model.site_params_from_moments(
                 params["weights"], params["locs"], params["covariances"]
             )
         return engine.from_params(params)
+    if k is None:
+        raise ValueError(
+            f"init={init!r} needs a mixture (n_components, initial_params); pass "
+            "init={site: value} for the model's global sites"
+        )
     if init == "kmeans++":
         return engine.from_resp(kmeans_plus_plus(data, k, generator))
     if init == "random":
@@ -338,8 +328,8 @@ def _run(engine, state, n: int, max_iter: int, tol: float, progress) -> _Run:
     converged = False
     previous = -math.inf
     n_iter = 0
-    is_map = _is_map(engine)
-    show = not getattr(progress, "disable", False)
+    is_map = engine.map
+    show = not progress.disable
     for n_iter in range(1, max_iter + 1):  # noqa: B007 (reported below)
         # E-step at ``state`` then M-step, before the convergence test, as scikit-learn: the
         # parameters returned are one update past the last objective compared.
@@ -376,10 +366,6 @@ def _run(engine, state, n: int, max_iter: int, tol: float, progress) -> _Run:
     )
 
 
-def _is_map(engine) -> bool:
-    return bool(getattr(engine, "map", False))
-
-
 def fit_em(
     model,
     data: torch.Tensor,
@@ -402,9 +388,11 @@ def fit_em(
     Parameters
     ----------
     model
-        A model object (e.g. :class:`~ppl_models.models.GaussianMixture`) with a Pyro
-        ``model(data)``; the closed-form M-step is used when it has ``m_step`` and it serves
-        the objective, the generic numerical M-step otherwise.
+        A model object (e.g. :class:`~ppl_models.models.GaussianMixture`) or a Pyro model
+        callable; the closed-form iterations are used when the model takes the
+        :class:`~ppl_models.models.ClosedFormEM` role and they serve the objective, the
+        generic numerical M-step otherwise. ``init="kmeans++"``/``"random"`` need a
+        :class:`~ppl_models.models.MixtureModel`; other models take ``init={site: value}``.
     data : Tensor (N, D)
     init : {"kmeans++", "random"} or dict
         Starting point: k-means++ seeding (hard responsibilities from the nearest seed),
@@ -451,11 +439,11 @@ def fit_em(
         raise ValueError(f"tol must be non-negative; got {tol}")
     if not reg_covar >= 0:
         raise ValueError(f"reg_covar must be non-negative; got {reg_covar}")
-    data = model.validate(data).to(dtype) if hasattr(model, "validate") else data.to(dtype)
+    data = (model.validate(data) if isinstance(model, LatentModel) else check_data(data)).to(dtype)
     objective = _resolve_objective(model, objective)
     reason = (
         model.closed_form_unavailable(objective)
-        if hasattr(model, "closed_form_unavailable")
+        if isinstance(model, ClosedFormEM)
         else "the model has no closed-form M-step"
     )
     if m_step == "auto":
@@ -468,7 +456,7 @@ def fit_em(
     generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
     pyro.set_rng_seed(0 if seed is None else int(seed))
     n = data.shape[0]
-    k = getattr(model, "n_components", None)
+    k = model.n_components if isinstance(model, MixtureModel) else None
     if progress is None:
         import sys
 

@@ -30,18 +30,20 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ppl_models.infer.result import FitResult
+from ppl_models.models import AmortizedModel, LatentModel
+
 __all__ = ["elbo_terms", "log_marginal_likelihood"]
 
 
-def _model_and_data(result: Any, data: Any, hook: str) -> tuple[Any, torch.Tensor]:
-    # A model object has a ``model`` method too: look for the hook on ``result`` first.
-    model = result if callable(getattr(result, hook, None)) else getattr(result, "model", result)
-    if not callable(getattr(model, hook, None)):
+def _model_and_data(result: Any, data: Any) -> tuple[AmortizedModel, torch.Tensor]:
+    model = result.model if isinstance(result, FitResult) else result
+    if not isinstance(model, AmortizedModel):
         raise ValueError(
-            f"{type(model).__name__} has no {hook}(): this evaluation is for models with an "
-            "amortized posterior (the VAE family)"
+            f"{type(model).__name__} is not an AmortizedModel: this evaluation is for models "
+            "with an amortized posterior (the VAE family)"
         )
-    data = model.validate(data) if hasattr(model, "validate") else data
+    data = model.validate(data) if isinstance(model, LatentModel) else data
     return model, data
 
 
@@ -72,7 +74,7 @@ def log_marginal_likelihood(
     Parameters
     ----------
     result : FitResult or model
-        A fit of a model with ``log_importance_weights`` (or the model itself).
+        A fit of an :class:`~ppl_models.models.AmortizedModel` (or the model itself).
     data : Tensor (N, D)
         Held-out data, in the form the likelihood takes (binary for ``bernoulli``).
     num_particles : int
@@ -96,7 +98,7 @@ def log_marginal_likelihood(
     k = _positive(num_particles, "num_particles")
     batch_size = _positive(batch_size, "batch_size")
     particle_batch = _positive(particle_batch, "particle_batch")
-    model, data = _model_and_data(result, data, "log_importance_weights")
+    model, data = _model_and_data(result, data)
     if progress is None:
         progress = sys.stderr.isatty()
     bounds = []
@@ -129,7 +131,7 @@ def elbo_terms(
     (label summed exactly). ``elbo`` is the reconstruction minus the KL terms.
     """
     batch_size = _positive(batch_size, "batch_size")
-    model, data = _model_and_data(result, data, "elbo_terms")
+    model, data = _model_and_data(result, data)
     sums: dict[str, float] = {}
     with torch.no_grad(), torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
@@ -138,6 +140,6 @@ def elbo_terms(
             for name, value in model.elbo_terms(data[start : start + batch_size]).items():
                 sums[name] = sums.get(name, 0.0) + float(value.sum())
     means = {name: value / data.shape[0] for name, value in sums.items()}
-    names = list(getattr(model, "term_names", means))
+    names = list(model.term_names)
     means["elbo"] = means[names[0]] - sum(means[name] for name in names[1:])
     return means

@@ -9,6 +9,7 @@ import torch
 from pyro.infer.autoguide.initialization import init_to_feasible, init_to_median, init_to_value
 
 from ppl_models.infer.em import fit_em, kmeans_plus_plus
+from ppl_models.models import MixtureModel
 
 __all__ = ["init_strategy", "initial_values"]
 
@@ -31,8 +32,8 @@ def initial_values(
         return {k: torch.as_tensor(v, dtype=data.dtype) for k, v in init.items()}
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS} or a dict of site values; got {init!r}")
-    if not hasattr(model, "initial_params"):
-        raise ValueError(f"init={init!r} needs a model with initial_params; pass init='prior'")
+    if not isinstance(model, MixtureModel):
+        raise ValueError(f"init={init!r} needs a mixture model (MixtureModel); pass init='prior'")
     if init == "em":
         params = fit_em(model, data, seed=seed, progress=False).params
     else:

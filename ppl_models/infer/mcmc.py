@@ -15,8 +15,10 @@ from pyro.ops.stats import split_gelman_rubin
 from torch.distributions import biject_to
 
 import guides
+from ppl_models.data import check_data
 from ppl_models.infer.init import init_strategy, initial_values
 from ppl_models.infer.result import FitResult
+from ppl_models.models import CollapsedLikelihood, LatentModel
 
 __all__ = ["fit_mcmc"]
 
@@ -41,7 +43,8 @@ def fit_mcmc(
     Pyro's NUTS sums the model's enumerated labels out exactly, so the chain runs on the
     continuous globals of :math:`p(\theta \mid x) \propto p(\theta) \prod_n \sum_k
     p(x_n, z_n = k \mid \theta)`; a model with a ``marginal_model`` (the same density with
-    the sum in closed form) is sampled through that instead. Chains run one after the other,
+    the sum in closed form, :class:`~ppl_models.models.CollapsedLikelihood`) is sampled
+    through that instead. Chains run one after the other,
     each from the same starting point (``init``) with its own seed; split R-hat over chains
     (computed before any relabelling) decides ``converged``.
 
@@ -78,14 +81,17 @@ def fit_mcmc(
     ):
         if not isinstance(value, int) or value < (0 if name == "warmup_steps" else 1):
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    if hasattr(model, "validate"):
-        data = model.validate(data)
+    data = model.validate(data) if isinstance(model, LatentModel) else check_data(data)
     seed = 0 if seed is None else int(seed)
     if progress is None:
         progress = sys.stderr.isatty()
     values = initial_values(model, data, init, seed)
     # A collapsed model (labels summed out in closed form) targets the same posterior faster.
-    model_fn = getattr(model, "marginal_model", None) or guides.model_callable(model)
+    if isinstance(model, CollapsedLikelihood):
+        model_fn = model.marginal_model
+    else:
+        model_fn = guides.model_callable(model)
+    nesting = model.max_plate_nesting if isinstance(model, LatentModel) else None
     chains: list[dict[str, torch.Tensor]] = []
     divergences: list[int] = []
     step_sizes: list[float] = []
@@ -94,7 +100,7 @@ def fit_mcmc(
         pyro.set_rng_seed(seed + chain)
         kernel = NUTS(
             model_fn,
-            max_plate_nesting=getattr(model, "max_plate_nesting", None),
+            max_plate_nesting=nesting,
             jit_compile=jit_compile,
             ignore_jit_warnings=True,
             init_strategy=init_strategy(values),

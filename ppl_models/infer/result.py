@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from ppl_models.infer.result_checks import check_fields, check_tensors
 from ppl_models.infer.prior_codec import decode_priors, encode_priors
+from ppl_models.infer.result_checks import check_fields, check_tensors
 from ppl_models.models import AmortizedModel, build_model
 
 __all__ = ["FitResult"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,9 @@ from pyro.poutine.util import site_is_subsample
 from scipy import stats
 from tqdm.auto import tqdm
 
-from ppl_models.diagnostics.relabel import component_sites, permute_components
+from ppl_models.diagnostics.relabel import component_rows, permute_components
 from ppl_models.infer.result import FitResult
+from ppl_models.models import LatentModel, MixtureModel
 
 __all__ = [
     "SBCResult",
@@ -323,14 +324,14 @@ def _simulate(model: Any, n_obs: int, n_features: int):
     return poutine.trace(model.model).get_trace(None, n_obs=n_obs, n_features=n_features)
 
 
-def global_latent_names(model: Any, n_obs: int, n_features: int) -> list[str]:
+def global_latent_names(model: LatentModel, n_obs: int, n_features: int) -> list[str]:
     """The global latent sites of a simulating run, in model order.
 
     Latent: sampled and not a plate's subsample; global: outside the model's ``local_plate``
     (which holds the per-observation labels and the simulated data) and not enumerated.
     """
-    local_plate = getattr(model, "local_plate", None)
-    enumerated = set(getattr(model, "enumerated_sites", ()))
+    local_plate = model.local_plate
+    enumerated = set(model.enumerated_sites)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         trace = _simulate(model, n_obs, n_features)
     names = []
@@ -357,13 +358,13 @@ def check_data_independent_priors(model: Any, n_obs: int, n_features: int) -> li
     ValueError
         Naming the sites that need a prior.
     """
-    latent = global_latent_names(model, n_obs, n_features)
-    priors = getattr(model, "priors", None)
-    if not isinstance(priors, Mapping):
+    if not isinstance(model, LatentModel):
         raise ValueError(
             "SBC needs priors that do not depend on the data, stated in model.priors; "
-            f"{type(model).__name__} has no priors mapping"
+            f"{type(model).__name__} is not a LatentModel"
         )
+    latent = global_latent_names(model, n_obs, n_features)
+    priors = model.priors
     missing = [s for s in latent if not isinstance(priors.get(s), torch.distributions.Distribution)]
     if missing:
         raise ValueError(
@@ -388,10 +389,15 @@ def _canonical(model: Any, values: dict[str, torch.Tensor]) -> dict[str, torch.T
     A deterministic function of each draw, so it keeps SBC valid (ranks of any function of
     the parameters are uniform) while removing label switching between draws and truth.
     """
-    if "locs" not in values or getattr(model, "n_components", 1) < 2:
+    if not isinstance(model, MixtureModel) or model.n_components < 2:
         return values
-    order = torch.argsort(values["locs"][..., 0], dim=-1, stable=True)
-    return permute_components(values, order, component_sites(model.dims(), list(values)))
+    sites, site = model.relabel_sites(), model.location_site
+    if site not in values:
+        return values
+    value = values[site]
+    rows = component_rows(value, sites[site], value.dim() + sites[site])
+    order = torch.argsort(rows[..., 0], dim=-1, stable=True)
+    return permute_components(values, order, sites)
 
 
 def _thin(draws: torch.Tensor, num_ranks: int | None, site: str) -> torch.Tensor:

@@ -30,13 +30,14 @@ import torch
 from scipy.stats import wasserstein_distance
 
 from ppl_models.diagnostics.relabel import (
-    component_sites,
+    component_rows,
     label_permutations,
     permute_components,
     relabel_draws,
     relabel_result,
 )
 from ppl_models.infer.result import FitResult
+from ppl_models.models import MixtureModel
 
 __all__ = ["SCALAR_COLUMNS", "aggregate_distance", "posterior_distance"]
 
@@ -67,18 +68,23 @@ def _labelled(reference: FitResult, other: FitResult):
     ref = relabelled.draws
     values = other.draws if other.draws is not None else dict(other.params)
     n_batch = 2 if other.draws is not None else 0
-    locs = values.get("locs")
     matching = (
-        relabelled.applied
+        isinstance(model, MixtureModel)
+        and relabelled.applied
         and relabelled.permutations is not None
-        and locs is not None
-        and locs.shape[-2] > 1
+        and model.location_site in values
+        and model.n_components > 1
     )
-    if matching and n_batch == 2:
-        values = relabel_draws(values, relabelled.reference_locs, dims=model.dims())
-    elif matching:
-        perm = label_permutations(locs, relabelled.reference_locs)
-        values = permute_components(values, perm, component_sites(model.dims(), list(values)))
+    if matching:
+        sites, site = model.relabel_sites(), model.location_site
+        if n_batch == 2:
+            values = relabel_draws(
+                values, relabelled.reference_locs, sites=sites, locs_site=site
+            )
+        else:
+            rows = component_rows(values[site], sites[site], 0)
+            perm = label_permutations(rows, relabelled.reference_locs)
+            values = permute_components(values, perm, sites)
     return _flat(ref, 2), _flat(values, n_batch)
 
 
