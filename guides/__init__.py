@@ -25,7 +25,8 @@ each site's support. A user's own callable guide is passed through unchanged.
 Modules: :mod:`guides.structure` (what is read from the model), :mod:`guides.families` (the
 registry and :func:`build`), :mod:`guides.amortized` (the encoder guide),
 :mod:`guides.laplace` (the checked Laplace approximation), :mod:`guides.flow` (the flow with a
-point summary).
+point summary), :mod:`guides.posterior` (what a trained guide of each family says about the
+posterior: :func:`fitted_posterior`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from guides.amortized import AmortizedGuide, AmortizedNormal, Encoder
 from guides.families import GLOBAL_KINDS, KINDS, Family, applicable_kinds, build, refusal
 from guides.flow import IAFNormal
 from guides.laplace import LaplaceApproximation
+from guides.posterior import FittedPosterior, fitted_posterior
 from guides.structure import (
     LatentSite,
     declared_create_plates,
@@ -52,6 +54,7 @@ __all__ = [
     "AmortizedNormal",
     "Encoder",
     "Family",
+    "FittedPosterior",
     "IAFNormal",
     "LaplaceApproximation",
     "LatentSite",
@@ -60,6 +63,7 @@ __all__ = [
     "declared_create_plates",
     "declared_local_latents",
     "enumerated_sites",
+    "fitted_posterior",
     "global_latent_supports",
     "guide_visible_model",
     "latent_sites",

@@ -29,11 +29,13 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from ppl_models.models import AmortizedModel, LabelledAmortized
+
 __all__ = ["assign_clusters", "cluster_accuracy", "cluster_confusion", "match_clusters"]
 
 
 def _labels(values: Any, name: str) -> np.ndarray:
-    if hasattr(values, "detach"):
+    if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     array = np.asarray(values)
     if array.ndim != 1:
@@ -109,11 +111,11 @@ def _mixture_prior_clusters(model: Any, x: torch.Tensor) -> torch.Tensor:
 
 
 def _has_labels(model: Any) -> bool:
-    return callable(getattr(model, "label_posterior_logits", None))
+    return isinstance(model, LabelledAmortized)
 
 
 def _has_mixture_prior(model: Any) -> bool:
-    return callable(getattr(model, "prior_distribution", None)) and isinstance(
+    return isinstance(model, AmortizedModel) and isinstance(
         model.prior_distribution(), torch.distributions.MixtureSameFamily
     )
 

@@ -152,7 +152,7 @@ def plot_mixture(result: FitResult, path: str | Path | None = None) -> Figure:
         ax.set_ylabel(names[1])
         ax.autoscale_view()
     how = "point estimate" if result.draws is None else "posterior mean"
-    title = f"{getattr(model, 'name', 'model')}, K={k} ({result.method.upper()} {how})"
+    title = f"{model.name}, K={k} ({result.method.upper()} {how})"
     title += "; ellipses: 1 and 2 sigma" if x.shape[1] > 1 else "; bars: 1 and 2 sigma"
     ax.set_title(title)
     ax.legend(loc="best", fontsize="small")

@@ -31,6 +31,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ppl_models.models import AmortizedModel, LabelledAmortized
+
 __all__ = [
     "VAE_PLOTS",
     "plot_cluster_samples",
@@ -72,15 +74,9 @@ def _mean(model: Any, z: torch.Tensor) -> np.ndarray:
     return model.decode(z).mean.detach().cpu().numpy()
 
 
-def _posterior_means(model: Any, x: torch.Tensor) -> torch.Tensor:
-    """:math:`\\mu_\\phi(x)`; for a GMVAE with a conditional encoder, the mean of the
-    mixture :math:`\\sum_y q(y \\mid x) \\mu_\\phi(x, y)`."""
-    if getattr(model, "conditional_encoder", False):
-        qy = torch.softmax(model.label_posterior_logits(x), -1)  # (B, K)
-        labels = torch.arange(model.n_clusters, device=x.device)
-        locs = model._encode_given(x, labels[:, None]).base_dist.loc  # (K, B, L)
-        return (qy.T.unsqueeze(-1) * locs).sum(0)
-    return model.encoder(x)[0]
+def _posterior_means(model: AmortizedModel, x: torch.Tensor) -> torch.Tensor:
+    """:math:`\\mathbb E_q[z \\mid x]` (the model's ``code_mean``)."""
+    return model.code_mean(x)
 
 
 def _grid(fig: Figure, images: np.ndarray, rows: int, cols: int, side: int,
@@ -147,7 +143,7 @@ def plot_latent_map(model: Any, x: torch.Tensor, labels: Any = None,
     if labels is None:
         ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
     else:
-        colours = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+        colours = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
         scatter = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=4,
                              alpha=0.7)
         fig.colorbar(scatter, ax=ax, label="label")
@@ -180,10 +176,10 @@ def plot_interpolations(model: Any, x: torch.Tensor, path: str | Path | None = N
 def plot_cluster_samples(model: Any, path: str | Path | None = None, *, per_cluster: int = 8,
                          seed: int = 0) -> Figure:
     r"""One row per label y of a GMVAE: decoder means at :math:`z \sim p(z \mid y)`."""
-    if not hasattr(model, "code_given_label"):
+    if not isinstance(model, LabelledAmortized):
         raise ValueError(f"{type(model).__name__} has no cluster labels (a GMVAE has)")
     side = image_side(model)
-    k = model.n_clusters
+    k = model.n_components
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         z = model.code_given_label().sample((per_cluster,))  # (S, K, L)
@@ -195,7 +191,7 @@ def plot_cluster_samples(model: Any, path: str | Path | None = None, *, per_clus
 
 
 def _is_gmvae(model: Any) -> bool:
-    return hasattr(model, "code_given_label")
+    return isinstance(model, LabelledAmortized)
 
 
 #: PNGs of :func:`save_vae_plots`: file name -> (applies to the model?, draw(model, x, labels,

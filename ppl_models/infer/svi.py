@@ -12,7 +12,6 @@ from typing import Any
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
-from pyro.infer.autoguide import AutoDelta, AutoGuide, AutoLaplaceApproximation
 from tqdm.auto import tqdm
 
 import guides
@@ -272,25 +271,11 @@ def fit_svi(
         extra = {}
 
     sites = list(guides.global_latent_supports(model, *trace_args, **trace_kwargs))
-    if isinstance(guide_fn, AutoLaplaceApproximation):
-        # Trained as MAP; the Gaussian at the mode has the inverse Hessian as covariance.
-        guide_fn = guide_fn.laplace_approximation(*trace_args, **trace_kwargs)
-    point = isinstance(guide_fn, AutoDelta) or num_draws == 0
-    params: dict[str, torch.Tensor] = {}
-    draws = None
-    if sites:
-        with torch.no_grad():
-            if isinstance(guide_fn, AutoGuide):
-                params = {
-                    k: v.detach()
-                    for k, v in guide_fn.median(*trace_args, **trace_kwargs).items()
-                    if k in sites
-                }
-            else:
-                one = _draw(guide_fn, trace_args, trace_kwargs, sites, 1)
-                params = {k: v[0, 0] for k, v in one.items()}
-            if not point:
-                draws = _draw(guide_fn, trace_args, trace_kwargs, sites, num_draws)
+    posterior = guides.fitted_posterior(guide_fn, sites, *trace_args, **trace_kwargs)
+    guide_fn = posterior.guide
+    point = posterior.is_point or num_draws == 0
+    params = posterior.point()
+    draws = posterior.draws(num_draws) if sites and not point else None
     info = {
         "guide": kind,
         "elbo": float(sum(elbo_history[-window:]) / len(elbo_history[-window:])),
@@ -336,13 +321,3 @@ def _trace_batch(data: torch.Tensor) -> tuple[tuple, dict]:
     """Arguments for one cheap traced run of a minibatch model (two rows of the data)."""
     rows = torch.arange(min(2, data.shape[0]))
     return (data[rows],), {"n_obs": data.shape[0], "subsample": rows}
-
-
-def _draw(guide: Callable, args: tuple, kwargs: dict, sites: list[str], num: int) -> dict:
-    """``num`` guide draws of each site, shaped ``(1, num, *site_shape)``."""
-    samples: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
-    for _ in range(num):
-        trace = pyro.poutine.trace(guide).get_trace(*args, **kwargs)
-        for s in sites:
-            samples[s].append(trace.nodes[s]["value"].detach())
-    return {s: torch.stack(v).unsqueeze(0) for s, v in samples.items()}

@@ -27,13 +27,13 @@ import numpy as np
 import pandas as pd
 import pyro
 import torch
-from pyro import poutine
 from tqdm.auto import tqdm
 
 from guides import KINDS as GUIDE_KINDS
-from guides import build as build_guide
+from ppl_models.data import check_data
 from ppl_models.infer import fit_mcmc, fit_svi
 from ppl_models.infer.result import FitResult
+from ppl_models.models import LatentModel
 from ppl_models.workflows.distance import aggregate_distance, posterior_distance
 from ppl_models.workflows.importance import heldout_lpd, importance_estimates
 
@@ -235,32 +235,6 @@ def _check_count(name: str, value: Any, least: int) -> None:
         raise ValueError(f"{name} must be an integer of at least {least}; got {value!r}")
 
 
-def _svi_guide(kind: str | Callable, model: Any, data: torch.Tensor, options: Mapping) -> Any:
-    """What to pass to ``fit_svi`` as the guide.
-
-    ``fit_svi`` reads a fitted autoguide's point estimate with ``median``, which some
-    families (Pyro's ``AutoIAFNormal`` behind ``flow``) do not implement; such a kind is
-    passed as a plain function around a fresh guide, so that ``fit_svi`` takes its point
-    estimate from a draw instead.
-    """
-    if not isinstance(kind, str):
-        return kind
-    probe = build_guide(kind, model, **options)
-    try:
-        with torch.no_grad(), poutine.block():
-            probe(data)
-            probe.median(data)
-    except NotImplementedError:
-        guide = build_guide(kind, model, **options)
-
-        def plain(data: torch.Tensor) -> Any:
-            return guide(data)
-
-        plain.__name__ = kind
-        return plain
-    return kind
-
-
 def _fit_reference(
     reference: str | FitResult | None,
     model: Any,
@@ -442,11 +416,9 @@ def compare_guides(
     clash = sorted({"guide", "num_steps", "seed", "num_draws", "progress"} & set(options))
     if clash:
         raise ValueError(f"svi_options may not set {clash}: they are arguments of compare_guides")
-    if hasattr(model, "validate"):
-        data = model.validate(data)
-    train, test = split_data(data, holdout, split_seed)
-    if hasattr(model, "validate"):
-        train = model.validate(train)
+    validate = model.validate if isinstance(model, LatentModel) else check_data
+    train, test = split_data(validate(data), holdout, split_seed)
+    train = validate(train)
     nuts = {
         "num_samples": nuts_samples,
         "warmup_steps": nuts_warmup,
@@ -463,11 +435,9 @@ def compare_guides(
     point_guides: set[str] = set()
     pairs = [(kind, name, seed) for kind, name in zip(guides, names, strict=True)
              for seed in seed_list]
-    guide_options = dict(options.get("guide_options") or {})
     for kind, name, seed in tqdm(pairs, desc="compare guides", disable=not progress):
-        guide_arg = _svi_guide(kind, model, train, guide_options)
         fit = fit_svi(
-            model, train, guide=guide_arg, num_steps=num_steps, seed=seed, progress=False,
+            model, train, guide=kind, num_steps=num_steps, seed=seed, progress=False,
             num_draws=num_draws, columns=columns, **options,
         )
         fits[(name, seed)] = fit

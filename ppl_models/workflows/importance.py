@@ -14,7 +14,8 @@ For draws :math:`\theta_s \sim q(\theta)`, :math:`s = 1..S`, the log importance 
 
 The weights come from :func:`pyro.infer.importance.vectorized_importance_weights` on a
 collapsed joint that is vectorised over particles (:func:`vectorized_marginal_joint`);
-models without the finite-mixture hooks fall back to one trace per particle. :math:`\hat k`
+other models (not a :class:`~ppl_models.models.FiniteMixture`) fall back to one trace per
+particle. :math:`\hat k`
 is ArviZ's PSIS fit (:func:`arviz.psislw`) of these same weights, so it diagnoses exactly the
 IWAE estimate reported beside it. (``pyro.infer.importance.psis_diagnostic`` cannot take the
 models' ``marginal_model`` directly: its ``pyro.factor`` sums over every dimension, particles
@@ -35,6 +36,7 @@ from pyro.infer.importance import vectorized_importance_weights
 
 import guides
 from ppl_models._arviz import az
+from ppl_models.models import CollapsedLikelihood, FiniteMixture, LatentModel
 
 __all__ = [
     "ImportanceEstimates",
@@ -43,10 +45,6 @@ __all__ = [
     "importance_log_weights",
     "vectorized_marginal_joint",
 ]
-
-#: Hooks a model needs for the particle-vectorised collapsed joint.
-_VECTOR_HOOKS = ("sample_globals", "site_shapes", "log_likelihood", "n_components")
-
 
 @dataclass(frozen=True)
 class ImportanceEstimates:
@@ -87,17 +85,17 @@ def vectorized_marginal_joint(model: Any) -> Callable[[torch.Tensor], None] | No
     Parameters
     ----------
     model
-        A model with ``sample_globals``, ``site_shapes``, ``log_likelihood`` and
-        ``n_components`` (the finite mixtures).
+        A :class:`~ppl_models.models.FiniteMixture` (its ``sample_globals`` and
+        ``log_likelihood`` are vectorised over particles).
 
     Returns
     -------
     callable or None
-        ``joint(data)``, or ``None`` when the model lacks those hooks.
+        ``joint(data)``, or ``None`` for any other model.
     """
-    if not all(hasattr(model, hook) for hook in _VECTOR_HOOKS):
+    if not isinstance(model, FiniteMixture):
         return None
-    nesting = int(getattr(model, "max_plate_nesting", 1))
+    nesting = model.max_plate_nesting
 
     def joint(data: torch.Tensor) -> None:
         d = data.shape[-1]
@@ -155,11 +153,14 @@ def importance_log_weights(
                 guide,
                 data,
                 num_samples=num_particles,
-                max_plate_nesting=int(getattr(model, "max_plate_nesting", 1)),
+                max_plate_nesting=(
+                    model.max_plate_nesting if isinstance(model, LatentModel) else 1
+                ),
             )
             return log_w.detach().reshape(num_particles)
-        model_fn = getattr(model, "marginal_model", None)
-        if model_fn is None:
+        if isinstance(model, CollapsedLikelihood):
+            model_fn = model.marginal_model
+        else:
             if guides.enumerated_sites(model):
                 raise ValueError(
                     f"{model!r} has enumerated sites {list(guides.enumerated_sites(model))} "
