@@ -31,17 +31,17 @@ import torch
 from tqdm.auto import tqdm
 
 from ppl_models.infer.result import FitResult
-from ppl_models.models import AmortizedModel, LatentModel
+from ppl_models.models import AmortizedModel, ImportanceWeighted, LatentModel
 
 __all__ = ["elbo_terms", "log_marginal_likelihood"]
 
 
-def _model_and_data(result: Any, data: Any) -> tuple[AmortizedModel, torch.Tensor]:
+def _model_and_data(result: Any, data: Any, role: type, hook: str) -> tuple[Any, torch.Tensor]:
     model = result.model if isinstance(result, FitResult) else result
-    if not isinstance(model, AmortizedModel):
+    if not isinstance(model, role):
         raise ValueError(
-            f"{type(model).__name__} is not an AmortizedModel: this evaluation is for models "
-            "with an amortized posterior (the VAE family)"
+            f"{type(model).__name__} has no {hook} (the {role.__name__} role): this "
+            "evaluation is for models with an amortized posterior (the VAE family)"
         )
     data = model.validate(data) if isinstance(model, LatentModel) else data
     return model, data
@@ -74,7 +74,8 @@ def log_marginal_likelihood(
     Parameters
     ----------
     result : FitResult or model
-        A fit of an :class:`~ppl_models.models.AmortizedModel` (or the model itself).
+        A fit of an :class:`~ppl_models.models.ImportanceWeighted` model (the VAE family), or
+        the model itself.
     data : Tensor (N, D)
         Held-out data, in the form the likelihood takes (binary for ``bernoulli``).
     num_particles : int
@@ -98,7 +99,7 @@ def log_marginal_likelihood(
     k = _positive(num_particles, "num_particles")
     batch_size = _positive(batch_size, "batch_size")
     particle_batch = _positive(particle_batch, "particle_batch")
-    model, data = _model_and_data(result, data)
+    model, data = _model_and_data(result, data, ImportanceWeighted, "log_importance_weights")
     if progress is None:
         progress = sys.stderr.isatty()
     bounds = []
@@ -131,7 +132,7 @@ def elbo_terms(
     (label summed exactly). ``elbo`` is the reconstruction minus the KL terms.
     """
     batch_size = _positive(batch_size, "batch_size")
-    model, data = _model_and_data(result, data)
+    model, data = _model_and_data(result, data, AmortizedModel, "elbo_terms")
     sums: dict[str, float] = {}
     with torch.no_grad(), torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:

@@ -86,6 +86,9 @@ def decode_priors(described: Any, tensors: Any) -> dict[str, Any]:
     """
     if not isinstance(described, Mapping) or not isinstance(tensors, Mapping):
         raise ValueError("model.priors: expected a mapping of site -> prior description")
+    undescribed = sorted(set(tensors) - set(described))
+    if undescribed:
+        raise ValueError(f"model.priors: tensors saved for undescribed priors {undescribed}")
     priors: dict[str, Any] = {}
     for site, spec in described.items():
         args = tensors.get(site)

@@ -104,6 +104,12 @@ def _check_sites(model: Any, tensors: Mapping[str, Any]) -> None:
     d = tensors["data"].shape[1]
     shapes = model.site_shapes(d)
     latent = set(model.global_sites(d))
+    missing = sorted(latent - set(tensors["params"]))
+    if missing:
+        raise ValueError(
+            f"params has no values for {missing}, latent sites of {model!r} for {d} feature(s) "
+            "(n_components or covariance_type differ from the tensors)"
+        )
     for group in ("params", "draws"):
         lead = 0 if group == "params" else 2
         for name, value in tensors[group].items():

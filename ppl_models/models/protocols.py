@@ -13,10 +13,12 @@ role                        who needs it
 =========================== ===============================================================
 :class:`LatentModel`        every driver: a Pyro ``model(data)`` with declared structure
 :class:`CollapsedLikelihood` NUTS and guides on the collapsed density, pointwise
-                            log-likelihood (LOO, information criteria), EM's generic M-step
+                            log-likelihood (LOO, information criteria), ArviZ conversion
+:class:`MixtureModel`       starting points, relabelling, collapsed-component warnings
 :class:`ClosedFormEM`       ``fit_em``'s closed-form iterations (E-step and M-step)
-:class:`AmortizedModel`     minibatch SVI on the model's own ELBO estimator, IWAE bounds,
-                            encoder diagnostics (the VAE family)
+:class:`ImportanceWeighted` IWAE bounds on held-out data
+:class:`AmortizedModel`     minibatch SVI on the model's own ELBO estimator, encoder
+                            diagnostics, saved networks (the VAE family)
 :class:`LabelledAmortized`  cluster labels of an amortized model (the GMVAE)
 =========================== ===============================================================
 
@@ -37,6 +39,7 @@ __all__ = [
     "AmortizedModel",
     "ClosedFormEM",
     "CollapsedLikelihood",
+    "ImportanceWeighted",
     "LabelledAmortized",
     "LatentModel",
     "MixtureModel",
@@ -209,7 +212,17 @@ class ClosedFormEM(Protocol):
 
 
 @runtime_checkable
-class AmortizedModel(Protocol):
+class ImportanceWeighted(Protocol):
+    """A model that weighs draws of its amortized posterior (importance-weighted bounds)."""
+
+    @abstractmethod
+    def log_importance_weights(self, x: torch.Tensor, num_particles: int) -> torch.Tensor:
+        """:math:`\\log p(x, z_s) - \\log q(z_s \\mid x)`, :math:`z_s \\sim q(z \\mid x)`,
+        shape ``(num_particles, B)``."""
+
+
+@runtime_checkable
+class AmortizedModel(ImportanceWeighted, Protocol):
     """A model with its own amortized guide and ELBO estimator (the VAE family).
 
     ``term_names`` lists the ELBO's terms: the reconstruction term first, the KL terms after
@@ -235,10 +248,6 @@ class AmortizedModel(Protocol):
     @abstractmethod
     def elbo_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-observation ELBO terms, each ``(B,)``, one reparameterised draw."""
-
-    @abstractmethod
-    def log_importance_weights(self, x: torch.Tensor, num_particles: int) -> torch.Tensor:
-        """:math:`\\log p(x, z_s) - \\log q(z_s \\mid x)`, shape ``(num_particles, B)``."""
 
     @abstractmethod
     def code_mean(self, x: torch.Tensor) -> torch.Tensor:
