@@ -406,3 +406,71 @@ def test_full_old_faithful_comparison_against_nuts():
         assert 0.5 < row["sd_ratio"] < 1.5
         # predictive within 2 nats of NUTS on 54 held-out points
         assert abs(row["heldout_lpd"] - c.table.loc["nuts", "heldout_lpd"]) < 2.0
+
+
+# ---------------------------------------------------------------- the Laplace family's spread
+def _inverse_hessian_sd(x: torch.Tensor, params: dict[str, torch.Tensor]) -> dict:
+    r"""Laplace sd of each site in the unconstrained space, computed here from scratch.
+
+    The collapsed log joint of a diagonal two-component GMM under its documented default
+    priors (Dirichlet(1), Normal(mean, 3 sd), Gamma(2, 2 / sd)), written with plain torch
+    distributions, plus the log-Jacobians of ``biject_to``; its negative Hessian at the fitted
+    point by ``torch.autograd.functional.hessian``; the sd is the square root of the diagonal
+    of its inverse.
+    """
+    from torch.distributions import biject_to, constraints
+
+    centre, spread = x.mean(0), x.std(0)
+    supports = {"weights": constraints.simplex, "locs": constraints.real,
+                "scale": constraints.positive}
+    shapes = {k: params[k].shape for k in supports}
+    free = {k: biject_to(c).inv(params[k]) for k, c in supports.items()}
+    sizes = {k: v.numel() for k, v in free.items()}
+    free_shapes = {k: v.shape for k, v in free.items()}
+
+    def log_joint(u: torch.Tensor) -> torch.Tensor:
+        parts = dict(zip(sizes, u.split(list(sizes.values())), strict=True))
+        total = torch.zeros((), dtype=u.dtype)
+        theta = {}
+        for k, c in supports.items():
+            uk = parts[k].reshape(free_shapes[k])
+            t = biject_to(c)
+            theta[k] = t(uk).reshape(shapes[k])
+            total = total + t.log_abs_det_jacobian(uk, theta[k]).sum()
+        w, mu, s = theta["weights"], theta["locs"], theta["scale"]
+        total = total + torch.distributions.Dirichlet(torch.ones(2, dtype=u.dtype)).log_prob(w)
+        total = total + torch.distributions.Normal(centre, 3 * spread).log_prob(mu).sum()
+        total = total + torch.distributions.Gamma(2.0, 2.0 / spread).log_prob(s).sum()
+        comp = torch.distributions.Normal(mu, s).log_prob(x.unsqueeze(1)).sum(-1)  # (N, K)
+        return total + torch.logsumexp(comp + w.log(), -1).sum()
+
+    u_hat = torch.cat([v.reshape(-1) for v in free.values()])
+    hess = torch.autograd.functional.hessian(log_joint, u_hat)
+    sd = torch.linalg.inv(-hess).diagonal().sqrt()
+    return {k: v.reshape(free_shapes[k])
+            for k, v in zip(sizes, sd.split(list(sizes.values())), strict=True)}
+
+
+def test_laplace_comparison_reports_the_laplace_posterior_spread():
+    from torch.distributions import biject_to, constraints
+
+    x = load("faithful")[0].double()
+    model = GaussianMixture(2, "diag")
+    steps, draws = 300, 1000
+    fit = fit_svi(model, x, guide="laplace", num_steps=steps, num_draws=draws, progress=False)
+    comparison = compare_guides(
+        model, x, ["laplace"], num_steps=steps, seeds=[0], reference=None, holdout=0.0,
+        num_particles=10, num_draws=draws, progress=False,
+    )
+    compared = comparison.fits[("laplace", 0)]
+    assert "point estimate" not in comparison.notes.get("laplace", "")
+    expected = _inverse_hessian_sd(x, fit.params)
+    for name, support in (("locs", constraints.real), ("scale", constraints.positive)):
+        for result in (fit, compared):
+            free = biject_to(support).inv(result.draws[name][0])
+            # 1000 draws: the sd's relative standard error is about 2%
+            torch.testing.assert_close(free.std(0), expected[name], rtol=0.1, atol=0)
+    # the same fit, the same draws: the harness does what fit_svi does
+    for name, value in fit.draws.items():
+        torch.testing.assert_close(compared.draws[name], value)
+    assert float(fit.draws["locs"].std((0, 1))[1, 1]) > 0.1  # minutes, not a point mass

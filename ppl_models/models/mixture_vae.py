@@ -217,6 +217,7 @@ class GMVAE(VAE, LabelledAmortized):
     """
 
     enumerated_sites: ClassVar[tuple[str, ...]] = ("y",)
+    local_sites: ClassVar[tuple[str, ...]] = ("y", "z")
     term_names: ClassVar[tuple[str, ...]] = ("reconstruction", "kl_z", "kl_y")
     name: ClassVar[str] = "gmvae"
 
