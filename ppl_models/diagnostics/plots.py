@@ -25,6 +25,7 @@ from ppl_models.diagnostics.inference_data import feature_names, full_draws, to_
 from ppl_models.diagnostics.relabel import relabel_result
 from ppl_models.diagnostics.summary import is_point_estimate
 from ppl_models.infer.result import FitResult
+from ppl_models.models import FiniteMixture
 
 __all__ = [
     "plot_mixture",
@@ -100,6 +101,8 @@ def plot_mixture(result: FitResult, path: str | Path | None = None) -> Figure:
     Parameters
     ----------
     result : FitResult
+        A fit of a :class:`~ppl_models.models.FiniteMixture` (its components are drawn as
+        Gaussian moments).
     path : str or Path, optional
         Where to write the PNG.
 
@@ -108,6 +111,8 @@ def plot_mixture(result: FitResult, path: str | Path | None = None) -> Figure:
     matplotlib.figure.Figure
     """
     model = result.model
+    if not isinstance(model, FiniteMixture):
+        raise ValueError(f"plot_mixture draws finite mixtures; got {type(model).__name__}")
     data = result.data.detach()
     params, weights, locs, cov = _mean_moments(result)
     with torch.no_grad():
@@ -431,8 +436,8 @@ def save_plots(
 ) -> list[Path]:
     """Write every plot that applies as PNG into ``out_dir``.
 
-    ``mixture.png`` always; ``objective.png`` when the result has a history; ``trace.png`` and
-    ``posterior.png`` when it has draws.
+    ``mixture.png`` for a finite mixture; ``objective.png`` when the result has a history;
+    ``trace.png`` and ``posterior.png`` when it has draws.
 
     Parameters
     ----------
@@ -450,8 +455,9 @@ def save_plots(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    plot_mixture(result, out / "mixture.png")
-    written.append(out / "mixture.png")
+    if isinstance(result.model, FiniteMixture):
+        plot_mixture(result, out / "mixture.png")
+        written.append(out / "mixture.png")
     if _curves(result):
         plot_objective(result, out / "objective.png")
         written.append(out / "objective.png")

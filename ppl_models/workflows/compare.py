@@ -12,8 +12,9 @@ split, then scores the fitted guide
   split, after relabelling (:mod:`ppl_models.workflows.distance`);
 * by cost: the wall time of the fit.
 
-It lives in ``workflows`` (not ``diagnostics``, as issue 3 first proposed) because it calls the
-drivers: diagnostics only read results.
+It lives in ``workflows`` because it calls the drivers: diagnostics only read results. What a
+fitted guide says about the posterior (Laplace's Gaussian at the mode, a point mass, draws)
+comes from the guide family itself (:func:`guides.fitted_posterior`, through ``fit_svi``).
 """
 
 from __future__ import annotations
@@ -287,6 +288,44 @@ def _score(
     return row, scalars
 
 
+#: Arguments of :func:`compare_guides` that its ``svi_options`` / ``nuts_options`` may not set.
+_OWN_ARGUMENTS = {
+    "svi_options": {"guide", "num_steps", "seed", "num_draws", "progress"},
+    "nuts_options": {"progress", "columns"},
+}
+
+
+def _own_options(name: str, given: Mapping[str, Any] | None, base: dict) -> dict[str, Any]:
+    """``base`` updated with the user's ``given`` options, refusing the harness's own."""
+    options = {**base, **dict(given or {})}
+    clash = sorted(_OWN_ARGUMENTS[name] & set(options))
+    if clash:
+        raise ValueError(f"{name} may not set {clash}: they are arguments of compare_guides")
+    return options
+
+
+def _reference_row(model: Any, ref: FitResult, test: torch.Tensor) -> dict[str, Any]:
+    """The per-seed row of the NUTS reference: its held-out lpd, cost and convergence."""
+    row: dict[str, Any] = dict.fromkeys(METRICS, math.nan)
+    row.update(
+        heldout_lpd=heldout_lpd(model, ref.draws, test),
+        fit_seconds=ref.fit_seconds,
+        objective=math.nan,
+        ess=math.nan,
+        converged=bool(ref.converged),
+        n_iter=ref.n_iter,
+    )
+    return {"guide": "nuts", "seed": ref.seed, "method": ref.method, **row}
+
+
+def _per_scalar(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """The per-scalar distance tables of every fit, ``guide`` and ``seed`` first."""
+    if not tables:
+        return pd.DataFrame()
+    joined = pd.concat(tables, ignore_index=True)
+    return joined[["guide", "seed", *[c for c in joined if c not in ("guide", "seed")]]]
+
+
 def _summarise(per_seed: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     grouped = per_seed.groupby("guide", sort=False)
     table = pd.DataFrame(index=pd.Index(order, name="guide"))
@@ -412,23 +451,16 @@ def compare_guides(
     _check_count("num_steps", num_steps, 1)
     _check_count("num_particles", num_particles, 10)
     _check_count("num_draws", num_draws, 2)
-    options = dict(svi_options or {})
-    clash = sorted({"guide", "num_steps", "seed", "num_draws", "progress"} & set(options))
-    if clash:
-        raise ValueError(f"svi_options may not set {clash}: they are arguments of compare_guides")
+    options = _own_options("svi_options", svi_options, {})
+    nuts = _own_options(
+        "nuts_options",
+        nuts_options,
+        {"num_samples": nuts_samples, "warmup_steps": nuts_warmup, "num_chains": nuts_chains,
+         "seed": split_seed},
+    )
     validate = model.validate if isinstance(model, LatentModel) else check_data
     train, test = split_data(validate(data), holdout, split_seed)
     train = validate(train)
-    nuts = {
-        "num_samples": nuts_samples,
-        "warmup_steps": nuts_warmup,
-        "num_chains": nuts_chains,
-        "seed": split_seed,
-        **dict(nuts_options or {}),
-    }
-    clash = sorted({"progress", "columns"} & set(nuts))
-    if clash:
-        raise ValueError(f"nuts_options may not set {clash}: they are arguments of compare_guides")
     ref = _fit_reference(reference, model, train, nuts, progress, columns)
 
     rows, scalar_tables, fits = [], [], {}
@@ -448,25 +480,9 @@ def compare_guides(
         if not scalars.empty:
             scalar_tables.append(scalars.assign(guide=name, seed=seed))
     if ref is not None:
-        ref_row = dict.fromkeys(METRICS, math.nan)
-        ref_row.update(
-            heldout_lpd=heldout_lpd(model, ref.draws, test),
-            fit_seconds=ref.fit_seconds,
-            objective=math.nan,
-            ess=math.nan,
-            converged=bool(ref.converged),
-            n_iter=ref.n_iter,
-        )
-        rows.append({"guide": "nuts", "seed": ref.seed, "method": ref.method, **ref_row})
+        rows.append(_reference_row(model, ref, test))
     per_seed = pd.DataFrame(rows, columns=["guide", "seed", "method", *METRICS, *_EXTRA])
-    order = [*names, *(["nuts"] if ref is not None else [])]
-    table = _summarise(per_seed, order)
-    per_scalar = (
-        pd.concat(scalar_tables, ignore_index=True) if scalar_tables else pd.DataFrame()
-    )
-    if not per_scalar.empty:
-        per_scalar = per_scalar[["guide", "seed", *[c for c in per_scalar if c not in
-                                                     ("guide", "seed")]]]
+    table = _summarise(per_seed, [*names, *(["nuts"] if ref is not None else [])])
     settings = {
         "guides": names,
         "num_steps": num_steps,
@@ -485,7 +501,7 @@ def compare_guides(
     return GuideComparison(
         table=table,
         per_seed=per_seed,
-        per_scalar=per_scalar,
+        per_scalar=_per_scalar(scalar_tables),
         reference=ref,
         fits=fits,
         settings=settings,
