@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ppl_models.data import check_data
 from ppl_models.infer.result import FitResult
 from ppl_models.models import AmortizedModel, ImportanceWeighted, LatentModel
 
@@ -43,7 +44,7 @@ def _model_and_data(result: Any, data: Any, role: type, hook: str) -> tuple[Any,
             f"{type(model).__name__} has no {hook} (the {role.__name__} role): this "
             "evaluation is for models with an amortized posterior (the VAE family)"
         )
-    data = model.validate(data) if isinstance(model, LatentModel) else data
+    data = model.validate(data) if isinstance(model, LatentModel) else check_data(data)
     return model, data
 
 
