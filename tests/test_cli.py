@@ -39,7 +39,7 @@ def test_fit_gmm_em_on_old_faithful_writes_everything(tmp_path, capsys):
 
 def test_console_script_runs_with_no_options(tmp_path):
     # The installed command with defaults: bundled Old Faithful, EM, K=2.
-    exe = [sys.executable, "-m", "ppl_models.cli"]
+    exe = [sys.executable, "-m", "ppl_models"]
     done = subprocess.run([*exe, "fit", "--out", str(tmp_path / "o")], capture_output=True,
                           text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -77,18 +77,19 @@ def _write(tmp_path, name, text):
         (lambda p: ["--data", "faithful", "--columns", "eruptions,height"], "height"),
         (lambda p: ["--data", _write(p, "three.csv", "a,b\n1,2\n3,4\n5,7\n"),
                     "--components", "5"], "larger than the number of observations"),
-        (lambda p: ["--components", "0"], "positive whole number"),
+        (lambda p: ["--components", "0"], "must be a positive integer; got 0"),
+        (lambda p: ["--components", "two"], "must be a positive integer; got 'two'"),
         (lambda p: ["--method", "gibbs"], "invalid choice"),
     ],
 )
-def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, capsys, make_args, message):
+def test_bad_input_gives_one_line_and_exit_status_2(tmp_path, capsys, make_args, message):
     args = ["fit", "gmm", "--out", str(tmp_path / "o"), "--quiet", *make_args(tmp_path)]
     try:
         status = main(args)
     except SystemExit as exc:  # argparse's own usage errors
         status = exc.code
     err = capsys.readouterr().err.strip()
-    assert status != 0
+    assert status == 2
     assert len(err.splitlines()) == 1, err
     assert err.startswith("ppl-models")
     assert "Traceback" not in err

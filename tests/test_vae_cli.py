@@ -12,8 +12,8 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
-from ppl_models import vae_cli
 from ppl_models.cli import main
+from ppl_models.cli.fit_vae import PRIORS as VAE_PRIORS
 from ppl_models.diagnostics import cluster_confusion
 from ppl_models.images import load_images
 from ppl_models.infer import load_checkpoint
@@ -25,7 +25,7 @@ def _restore(metrics: dict, out) -> torch.nn.Module:
     """A fresh model of the same structure with the checkpoint's networks."""
     args = argparse.Namespace(latent_dim=metrics["latent_dim"],
                               components=metrics["n_components"])
-    model = vae_cli.PRIORS[metrics["prior"]](metrics["n_features"], args,
+    model = VAE_PRIORS[metrics["prior"]](metrics["n_features"], args,
                                              {"likelihood": metrics["likelihood"]})
     state = load_checkpoint(out / "checkpoint", model)
     assert state["epoch"] == metrics["n_epochs"]
@@ -98,14 +98,16 @@ def test_time_limit_ends_the_training_early(tmp_path):
     [
         (["fit", "vae", "--data", "nosuch"], "unknown image source"),
         (["fit", "vae", "--data", "mnist:/nonexistent/dir"], "nonexistent"),
-        (["fit", "vae", "--steps", "5"], "--steps does not apply"),
+        (["fit", "vae", "--steps", "5"], "unrecognized arguments: --steps"),
         (["fit", "vae", "--kl-warmup", "-1"], "kl-warmup"),
-        (["fit", "gmm", "--prior", "mog"], "--prior applies to fit vae only"),
+        (["fit", "gmm", "--prior", "mog"], "unrecognized arguments: --prior"),
+        (["fit", "vae", "--covariance-type", "diag"], "unrecognized arguments: --covariance"),
         (["fit", "vae", "--prior", "bogus"], "invalid choice"),
-        (["fit", "vae", "--latent-dim", "0"], "positive whole number"),
+        (["fit", "vae", "--latent-dim", "0"], "must be a positive integer; got 0"),
         (["fit", "vae", "--likelihood", "poisson"], "invalid choice"),
-        (["fit", "vae", "--time-limit", "0"], "expected a positive number"),
-        (["fit", "gmm", "--time-limit", "60"], "--time-limit applies to fit vae only"),
+        (["fit", "vae", "--time-limit", "0"], "must be a positive number; got 0"),
+        (["fit", "gmm", "--time-limit", "60"], "unrecognized arguments: --time-limit"),
+        (["fit", "vae", "--resume", "--overwrite"], "not allowed with argument"),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line(tmp_path, capsys, argv, message):

@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
-from ppl_models.cli_args import non_negative_int, positive_int
+from ppl_models.cli.arguments import (
+    add_data_options,
+    add_output_options,
+    columns_of,
+    fraction,
+    non_negative_int,
+    positive_int,
+    progress_of,
+)
 
 __all__ = ["add_subcommand", "run"]
 
-
-
-
+#: A rough size of the outputs, for the free-space check (two CSVs, JSON, one PNG).
+NEED_BYTES = 10_000_000
 
 
 def _seeds(text: str) -> int | list[int]:
@@ -31,25 +37,17 @@ def _seeds(text: str) -> int | list[int]:
         values = [int(p) for p in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a count or a comma-separated list of seeds; got {text!r}"
+            f"must be a count or a comma-separated list of seeds; got {text!r}"
         ) from None
     if not values:
-        raise argparse.ArgumentTypeError("expected a count or a list of seeds; got nothing")
+        raise argparse.ArgumentTypeError(f"must be a count or a list of seeds; got {text!r}")
     if "," not in text:
         if values[0] < 1:
-            raise argparse.ArgumentTypeError(f"the number of seeds must be positive; got {text}")
+            raise argparse.ArgumentTypeError(
+                f"the number of seeds must be a positive integer; got {text}"
+            )
         return values[0]
     return values
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction; got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1); got {value}")
-    return value
 
 
 def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
@@ -57,25 +55,24 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
 
     Returns the new parser, whose ``run`` default is :func:`run`.
     """
-    from ppl_models.models import MODELS
+    from ppl_models.cli.fit_mixture import mixture_names
+    from ppl_models.models.mixture import COVARIANCE_TYPES
     from ppl_models.workflows.compare import DEFAULT_GUIDES
 
     parser = subparsers.add_parser(
         "compare-guides",
+        prog="ppl-models compare-guides",
         help="fit several SVI guides over seeds and compare them with NUTS",
         description=(
             "Fit every guide on a training split, with NUTS as the reference posterior, and "
-            "write comparison.csv, metrics.json and comparison.png."
+            "write comparison.csv, metrics.json, distance_per_scalar.csv and comparison.png."
         ),
     )
-    parser.add_argument("model", choices=sorted(MODELS), help="which model")
-    parser.add_argument("--data", default="faithful", help="bundled name or a .csv/.npz path")
-    parser.add_argument("--columns", help="comma-separated columns to use (default: all)")
-    parser.add_argument("--standardize", action="store_true", help="centre and scale each column")
+    parser.add_argument("model", choices=mixture_names(), help="which model")
+    add_data_options(parser, default="faithful")
     parser.add_argument("--components", type=positive_int, default=2, help="K (default 2)")
-    parser.add_argument(
-        "--covariance-type", default="full", choices=("full", "diag", "spherical")
-    )
+    parser.add_argument("--covariance-type", default=COVARIANCE_TYPES[0],
+                        choices=COVARIANCE_TYPES)
     parser.add_argument(
         "--guides",
         default=",".join(DEFAULT_GUIDES),
@@ -89,7 +86,7 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
         help="a count N (seeds 0..N-1) or a comma list like 0,3,7 (one seed S: 'S,')",
     )
     parser.add_argument(
-        "--holdout", type=_fraction, default=0.2, help="fraction of rows held out (0.2)"
+        "--holdout", type=fraction, default=0.2, help="fraction of rows held out (0.2)"
     )
     parser.add_argument(
         "--particles", type=positive_int, default=1000, help="importance particles per fit"
@@ -105,8 +102,7 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--nuts-warmup", type=non_negative_int, default=500)
     parser.add_argument("--chains", type=positive_int, default=2, help="NUTS chains")
-    parser.add_argument("--out", type=Path, help="output folder (default runs/MODEL-compare)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    add_output_options(parser, default="runs/MODEL-compare")
     parser.set_defaults(run=run)
     return parser
 
@@ -124,37 +120,40 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison and write its files; returns the exit status (0)."""
     import pandas as pd
 
+    from ppl_models._shared.jsonsafe import to_json
+    from ppl_models._shared.warning_capture import captured_warnings
+    from ppl_models.cli.output import output_folder
     from ppl_models.data import load
     from ppl_models.workflows.compare import compare_guides
     from ppl_models.workflows.compare_plot import plot_comparison
 
-    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
-    data, names = load(args.data, columns=columns, standardize=args.standardize)
-    kinds = [g.strip() for g in args.guides.split(",") if g.strip()]
-    comparison = compare_guides(
-        _build_model(args),
-        data,
-        kinds,
-        num_steps=args.steps,
-        seeds=args.seeds,
-        reference="nuts" if args.nuts_samples > 0 else None,
-        holdout=args.holdout,
-        num_particles=args.particles,
-        num_draws=max(args.draws, 2),
-        nuts_samples=max(args.nuts_samples, 1),
-        nuts_warmup=args.nuts_warmup,
-        nuts_chains=args.chains,
-        progress=not args.quiet,
-        columns=names,
-    )
     out = args.out or Path("runs") / f"{args.model}-compare"
-    out.mkdir(parents=True, exist_ok=True)
-    comparison.table.to_csv(out / "comparison.csv")
-    comparison.per_scalar.to_csv(out / "distance_per_scalar.csv", index=False)
-    figures = comparison.to_json()
-    figures["settings"].update(data=args.data, columns=names, standardize=args.standardize)
-    (out / "metrics.json").write_text(json.dumps(figures, indent=2, allow_nan=False) + "\n")
-    plot_comparison(comparison, out / "comparison.png")
+    with output_folder(out, need_bytes=NEED_BYTES, overwrite=args.overwrite) as staging:
+        data, names = load(args.data, columns=columns_of(args), standardize=args.standardize)
+        kinds = [g.strip() for g in args.guides.split(",") if g.strip()]
+        with captured_warnings():
+            comparison = compare_guides(
+                _build_model(args),
+                data,
+                kinds,
+                num_steps=args.steps,
+                seeds=args.seeds,
+                reference="nuts" if args.nuts_samples > 0 else None,
+                holdout=args.holdout,
+                num_particles=args.particles,
+                num_draws=max(args.draws, 2),
+                nuts_samples=max(args.nuts_samples, 1),
+                nuts_warmup=args.nuts_warmup,
+                nuts_chains=args.chains,
+                progress=progress_of(args),
+                columns=names,
+            )
+        comparison.table.to_csv(staging.path / "comparison.csv")
+        comparison.per_scalar.to_csv(staging.path / "distance_per_scalar.csv", index=False)
+        figures = comparison.to_json()
+        figures["settings"].update(data=args.data, columns=names, standardize=args.standardize)
+        (staging.path / "metrics.json").write_text(to_json(figures))
+        plot_comparison(comparison, staging.path / "comparison.png")
     if not args.quiet:
         shown = ["n_seeds", *[k for k in comparison.table if k not in ("method", "n_seeds")]]
         with pd.option_context("display.width", 160, "display.max_columns", 40,
@@ -162,6 +161,6 @@ def run(args: argparse.Namespace) -> int:
             print(comparison.table[shown].T)
         for guide, note in comparison.notes.items():
             print(f"note: {guide}: {note}")
-        print(f"wrote {out}/: comparison.csv metrics.json distance_per_scalar.csv "
+        print(f"wrote {staging.out}/: comparison.csv metrics.json distance_per_scalar.csv "
               "comparison.png")
     return 0
