@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -118,3 +125,119 @@ def test_bad_arguments_are_refused_in_one_line(tmp_path, capsys, argv, message):
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ killed and resumed
+ROOT = Path(__file__).resolve().parents[1]
+#: A small run with many steps per epoch, so that it can be killed between epochs 2 and 8.
+RESUMABLE = ["fit", "vae", "--epochs", "8", "--batch-size", "10", "--latent-dim", "2",
+             "--particles", "2", "--no-plots", "--quiet", "--seed", "3"]
+
+
+def _fit_svi_has_resume() -> bool:
+    """Whether ``fit_svi`` takes ``resume`` (the trainer branch adds it)."""
+    from ppl_models.infer import fit_svi
+
+    return "resume" in inspect.signature(fit_svi).parameters
+
+
+def _command(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "ppl_models", *argv]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _killed_after_epoch_2(out: Path) -> Path:
+    """Run :data:`RESUMABLE` into ``out`` in a process killed (SIGKILL) as soon as its
+    checkpoint holds epoch 2 or later; return the checkpoint file it leaves."""
+    checkpoint = out.parent / f".{out.name}.partial" / "checkpoint" / "checkpoint.pt"
+    run = subprocess.Popen(_command(*RESUMABLE, "--out", str(out)), env=_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    epoch = 0
+    try:
+        while run.poll() is None and epoch < 2:
+            if checkpoint.exists():
+                epoch = load_checkpoint(checkpoint)["epoch"]
+            time.sleep(0.005)
+        run.kill()
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == -signal.SIGKILL, (
+        f"the run ended (status {run.returncode}) before it could be killed: lengthen "
+        f"RESUMABLE\n{stderr.decode()}"
+    )
+    assert 2 <= load_checkpoint(checkpoint)["epoch"] < 8
+    assert not out.exists()
+    return checkpoint
+
+
+def test_a_killed_run_keeps_its_checkpoint_and_a_rerun_without_resume_is_refused(
+    tmp_path, capsys
+):
+    out = tmp_path / "run"
+    checkpoint = _killed_after_epoch_2(out)
+    before = checkpoint.read_bytes()
+    assert main([*RESUMABLE, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "holds the checkpoint of an interrupted run; pass --resume" in err
+    assert checkpoint.read_bytes() == before and not out.exists()
+    # --overwrite starts again from epoch 0 and ends whole
+    assert main([*RESUMABLE, "--overwrite", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_epochs"] == 8 and metrics["resumed"] is False
+    assert not checkpoint.parent.parent.exists()
+    # a finished run's checkpoint is protected the same way
+    finished = (out / "checkpoint" / "checkpoint.pt").read_bytes()
+    assert main([*RESUMABLE, "--out", str(out)]) == 2
+    assert "holds the checkpoint of an earlier run" in capsys.readouterr().err
+    assert (out / "checkpoint" / "checkpoint.pt").read_bytes() == finished
+
+
+def _assert_same(a, b, where: str = "checkpoint") -> None:
+    """Two checkpoint trees agree: tensors and floats to 1e-6, the rest exactly; wall-clock
+    entries (names with "second" or "time") are skipped."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for key in a:
+            if "second" not in str(key) and "time" not in str(key):
+                _assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.shape == b.shape and a.dtype == b.dtype, where
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=where)
+        else:
+            assert torch.equal(a, b), where
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=1e-6, abs=1e-6), where
+    else:
+        assert a == b, where
+
+
+@pytest.mark.skipif(not _fit_svi_has_resume(), reason="needs the trainer branch")
+def test_a_killed_run_resumed_ends_as_an_uninterrupted_one(tmp_path):
+    reference = tmp_path / "reference"
+    done = subprocess.run(_command(*RESUMABLE, "--out", str(reference)), env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "run"
+    _killed_after_epoch_2(out)
+    done = subprocess.run(_command(*RESUMABLE, "--resume", "--out", str(out)), env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    uninterrupted = load_checkpoint(reference / "checkpoint")
+    resumed = load_checkpoint(out / "checkpoint")
+    assert resumed["epoch"] == uninterrupted["epoch"] == 8
+    _assert_same(uninterrupted, resumed)
+    expected = json.loads((reference / "metrics.json").read_text())
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["resumed"] is True
+    for key in ("train_elbo", "test_elbo", "test_log_likelihood"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-6), key

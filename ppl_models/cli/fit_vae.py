@@ -31,6 +31,7 @@ from ppl_models.cli.arguments import (
     positive_int,
     progress_of,
 )
+from ppl_models.cli.output import Staging, output_folder
 
 __all__ = ["DEFAULT_DATA", "PRIORS", "add_parser", "run"]
 
@@ -129,9 +130,14 @@ def _load(source: str, likelihood: str):
     return x_train, x_test, y_test
 
 
-def _resume_options(args: argparse.Namespace) -> dict[str, bool]:
-    """``resume`` / ``overwrite`` for :func:`fit_svi`, passed only when set."""
-    return {name: True for name in ("resume", "overwrite") if getattr(args, name)}
+def _resume_options(staging: Staging) -> dict[str, bool]:
+    """``resume=True`` for :func:`fit_svi` when continuing a checkpoint.
+
+    ``overwrite`` is never needed: :func:`~ppl_models.cli.output.output_folder` has already
+    refused (or, with ``--overwrite``, cleared) a folder holding a checkpoint, so the trainer
+    starts in an empty ``checkpoint/`` unless it resumes.
+    """
+    return {"resume": True} if staging.resume else {}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,7 +146,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ppl_models._shared.jsonsafe import to_json
     from ppl_models._shared.warning_capture import captured_warnings
-    from ppl_models.cli.output import output_folder
     from ppl_models.diagnostics import assign_clusters, cluster_accuracy, save_vae_plots
     from ppl_models.infer import elbo_terms, fit_svi, log_marginal_likelihood
 
@@ -163,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint_dir=staging.checkpoint_dir,
                 seed=args.seed,
                 progress=progress,
-                **_resume_options(args),
+                **_resume_options(staging),
             )
         model.eval()
         terms = elbo_terms(model, x_test, seed=args.seed)
