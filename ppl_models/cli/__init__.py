@@ -17,6 +17,7 @@ write, with one line on standard error; 130 after Ctrl-C, with one line.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -25,10 +26,11 @@ from collections.abc import Sequence
 
 from ppl_models.cli.output import OutputError
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
-def _parser():
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand, built from the registries as they are now."""
     from ppl_models.cli import compare_guides, fit, select_k
     from ppl_models.cli.arguments import Parser
 
@@ -64,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     try:
         from ppl_models.cli.fit import with_default_model
-        args = _parser().parse_args(
+        args = build_parser().parse_args(
             with_default_model(list(sys.argv[1:] if argv is None else argv))
         )
         return args.run(args)
