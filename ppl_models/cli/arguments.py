@@ -81,10 +81,11 @@ def add_data_options(parser: argparse.ArgumentParser, *, default: str | None = "
                      ) -> None:
     """``--data``, ``--columns`` and ``--standardize`` of the commands on tabular data."""
     parser.add_argument(
-        "--data", default=default,
+        "--data", metavar="SOURCE", default=default,
         help=f"bundled name or a .csv/.npz path (default {default})",
     )
-    parser.add_argument("--columns", help="comma-separated columns to use (default: all)")
+    parser.add_argument("--columns", metavar="A,B",
+                        help="comma-separated columns to use (default: all)")
     parser.add_argument("--standardize", action="store_true", help="centre and scale each column")
 
 
@@ -101,7 +102,7 @@ def add_output_options(
     """``--out``, ``--overwrite`` (and ``--resume`` where a run writes checkpoints) and
     ``--quiet``; see :mod:`ppl_models.cli.output` for what they guarantee."""
     parser.add_argument(
-        "--out", type=Path,
+        "--out", metavar="DIR", type=Path,
         help=f"output folder, replaced as a whole at the end of the run (default {default})",
     )
     group = parser.add_mutually_exclusive_group()

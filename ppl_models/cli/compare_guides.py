@@ -70,38 +70,43 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("model", choices=mixture_names(), help="which model")
     add_data_options(parser, default="faithful")
-    parser.add_argument("--components", type=positive_int, default=2, help="K (default 2)")
+    parser.add_argument("--components", metavar="K", type=positive_int, default=2,
+                        help="K (default 2)")
     parser.add_argument("--covariance-type", default=COVARIANCE_TYPES[0],
                         choices=COVARIANCE_TYPES)
     parser.add_argument(
-        "--guides",
+        "--guides", metavar="KINDS",
         default=",".join(DEFAULT_GUIDES),
         help=f"comma-separated guide kinds (default {','.join(DEFAULT_GUIDES)})",
     )
-    parser.add_argument("--steps", type=positive_int, default=2000, help="SVI steps per fit")
+    parser.add_argument("--steps", metavar="N", type=positive_int, default=2000,
+                        help="SVI steps per fit")
     parser.add_argument(
-        "--seeds",
+        "--seeds", metavar="SEEDS",
         type=_seeds,
         default=2,
         help="a count N (seeds 0..N-1) or a comma list like 0,3,7 (one seed S: 'S,')",
     )
     parser.add_argument(
-        "--holdout", type=fraction, default=0.2, help="fraction of rows held out (0.2)"
+        "--holdout", metavar="FRACTION", type=fraction, default=0.2,
+        help="fraction of rows held out (0.2)"
     )
     parser.add_argument(
-        "--particles", type=positive_int, default=1000, help="importance particles per fit"
+        "--particles", metavar="N", type=positive_int, default=1000,
+        help="importance particles per fit"
     )
     parser.add_argument(
-        "--draws", type=positive_int, default=1000, help="guide draws kept per fit (1000)"
+        "--draws", metavar="N", type=positive_int, default=1000,
+        help="guide draws kept per fit (1000)"
     )
     parser.add_argument(
-        "--nuts-samples",
+        "--nuts-samples", metavar="N",
         type=non_negative_int,
         default=500,
         help="NUTS draws per chain; 0 skips the reference",
     )
-    parser.add_argument("--nuts-warmup", type=non_negative_int, default=500)
-    parser.add_argument("--chains", type=positive_int, default=2, help="NUTS chains")
+    parser.add_argument("--nuts-warmup", metavar="N", type=non_negative_int, default=500)
+    parser.add_argument("--chains", metavar="N", type=positive_int, default=2, help="NUTS chains")
     add_output_options(parser, default="runs/MODEL-compare")
     parser.set_defaults(run=run)
     return parser

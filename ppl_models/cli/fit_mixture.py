@@ -66,7 +66,7 @@ DRIVERS: dict[str, Callable[..., Any]] = {"em": _em, "svi": _svi, "nuts": _nuts}
 
 
 def _components(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--components", type=positive_int, default=2,
+    parser.add_argument("--components", metavar="K", type=positive_int, default=2,
                         help="K, the number of components (default 2)")
 
 
@@ -79,7 +79,7 @@ def _covariance_type(parser: argparse.ArgumentParser) -> None:
 
 
 def _df(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--df", type=positive_float, default=4.0,
+    parser.add_argument("--df", metavar="NU", type=positive_float, default=4.0,
                         help="Student-t degrees of freedom (default 4)")
 
 
@@ -118,13 +118,15 @@ def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
                         help="fitting method (default em)")
     parser.add_argument("--guide", default="mean_field", choices=sorted(KINDS),
                         help="SVI guide kind (default mean_field)")
-    parser.add_argument("--n-init", type=positive_int, default=1, help="EM restarts (default 1)")
-    parser.add_argument("--steps", type=positive_int,
+    parser.add_argument("--n-init", metavar="N", type=positive_int, default=1,
+                        help="EM restarts (default 1)")
+    parser.add_argument("--steps", metavar="N", type=positive_int,
                         help="EM iterations (500) / SVI steps (2000) / NUTS draws per chain (300)")
-    parser.add_argument("--warmup", type=positive_int, default=300,
+    parser.add_argument("--warmup", metavar="N", type=positive_int, default=300,
                         help="NUTS warm-up steps (default 300)")
-    parser.add_argument("--chains", type=positive_int, default=2, help="NUTS chains (default 2)")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--chains", metavar="N", type=positive_int, default=2,
+                        help="NUTS chains (default 2)")
+    parser.add_argument("--seed", metavar="S", type=non_negative_int, default=0)
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     add_output_options(parser, default=f"runs/{name}-METHOD")
     parser.set_defaults(run=run, model=name)

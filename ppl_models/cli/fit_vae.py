@@ -93,28 +93,28 @@ def add_parser(subparsers: Any, name: str = "vae") -> argparse.ArgumentParser:
         "importance-weighted bound, and write metrics.json, checkpoint/ and plots.",
     )
     parser.add_argument(
-        "--data", default=DEFAULT_DATA,
+        "--data", metavar="SOURCE", default=DEFAULT_DATA,
         help=f"{DEFAULT_DATA} (default), mnist:DIR, fashion-mnist:DIR or binarized-mnist:PATH",
     )
     parser.add_argument("--prior", default="standard", choices=sorted(PRIORS),
                         help="latent prior (default standard)")
-    parser.add_argument("--components", type=positive_int, default=10,
+    parser.add_argument("--components", metavar="K", type=positive_int, default=10,
                         help="mog components, vamp pseudo-inputs or gmvae labels (default 10)")
-    parser.add_argument("--latent-dim", type=positive_int, default=10,
+    parser.add_argument("--latent-dim", metavar="D", type=positive_int, default=10,
                         help="size of the code (default 10)")
-    parser.add_argument("--epochs", type=positive_int, default=20,
+    parser.add_argument("--epochs", metavar="N", type=positive_int, default=20,
                         help="training epochs (default 20)")
-    parser.add_argument("--batch-size", type=positive_int, default=100,
+    parser.add_argument("--batch-size", metavar="B", type=positive_int, default=100,
                         help="minibatch size (default 100)")
     parser.add_argument("--likelihood", default="bernoulli", choices=sorted(LIKELIHOODS),
                         help="pixel density (default bernoulli, on thresholded pixels)")
-    parser.add_argument("--particles", type=positive_int, default=1000,
+    parser.add_argument("--particles", metavar="N", type=positive_int, default=1000,
                         help="importance samples of the test log-likelihood (default 1000)")
-    parser.add_argument("--kl-warmup", type=non_negative_int, default=0,
+    parser.add_argument("--kl-warmup", metavar="N", type=non_negative_int, default=0,
                         help="epochs of KL warm-up (default 0)")
     parser.add_argument("--time-limit", type=positive_float, metavar="SECONDS",
                         help="start no new epoch after this many seconds of training")
-    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--seed", metavar="S", type=non_negative_int, default=0)
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     add_output_options(parser, default="runs/vae-PRIOR", resumable=True)
     parser.set_defaults(run=run, model=name)

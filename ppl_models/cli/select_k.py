@@ -89,11 +89,11 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     )
     add_data_options(parser, default="faithful")
     parser.add_argument(
-        "--ks", type=_ks_argument, default=parse_ks("1-6"),
+        "--ks", metavar="KS", type=_ks_argument, default=parse_ks("1-6"),
         help="candidate K: a range 1-6, a list 1,2,4 or both (default 1-6)",
     )
     parser.add_argument(
-        "--criteria", default="bic,loo,elbo",
+        "--criteria", metavar="NAMES", default="bic,loo,elbo",
         help=f"comma-separated, from {','.join(CRITERIA)} (default bic,loo,elbo)",
     )
     parser.add_argument("--covariance-type", default=COVARIANCE_TYPES[0],
@@ -102,14 +102,17 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
         "--posterior", default="svi", choices=sorted(POSTERIORS),
         help="draws for LOO: full-rank SVI (default) or NUTS",
     )
-    parser.add_argument("--n-init", type=positive_int, default=5, help="EM restarts (default 5)")
+    parser.add_argument("--n-init", metavar="N", type=positive_int, default=5,
+                        help="EM restarts (default 5)")
     parser.add_argument(
-        "--steps", type=positive_int, default=1000, help="SVI steps per K (default 1000)"
+        "--steps", metavar="N", type=positive_int, default=1000,
+        help="SVI steps per K (default 1000)"
     )
     parser.add_argument(
-        "--draws", type=positive_int, default=500, help="posterior draws for LOO (default 500)"
+        "--draws", metavar="N", type=positive_int, default=500,
+        help="posterior draws for LOO (default 500)"
     )
-    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--seed", metavar="S", type=non_negative_int, default=0)
     add_output_options(parser, default=str(DEFAULT_OUT))
     parser.set_defaults(run=run)
     return parser
