@@ -197,28 +197,38 @@ def test_a_killed_run_keeps_its_checkpoint_and_a_rerun_without_resume_is_refused
     assert (out / "checkpoint" / "checkpoint.pt").read_bytes() == finished
 
 
-def _assert_same(a, b, where: str = "checkpoint") -> None:
-    """Two checkpoint trees agree: tensors and floats to 1e-6, the rest exactly; wall-clock
-    entries (names with "second" or "time") are skipped."""
-    if isinstance(a, dict):
-        assert set(a) == set(b), where
-        for key in a:
-            if "second" not in str(key) and "time" not in str(key):
-                _assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, torch.Tensor):
-        assert a.shape == b.shape and a.dtype == b.dtype, where
-        if a.is_floating_point():
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=where)
+def _tensors(tree, where: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint (parameters, optimiser and scheduler states, RNG states)
+    by its path in the tree."""
+    if isinstance(tree, torch.Tensor):
+        return {where: tree}
+    found: dict[str, torch.Tensor] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            found.update(_tensors(value, f"{where}.{key}"))
+    elif isinstance(tree, list | tuple):
+        for i, value in enumerate(tree):
+            found.update(_tensors(value, f"{where}[{i}]"))
+    return found
+
+
+def _assert_same_run(expected: dict, got: dict) -> None:
+    """Same tensors (floating to 1e-6, integer ones such as RNG states exactly) and the same
+    history, wall-clock entries (names with "second" or "time") aside."""
+    a, b = _tensors(expected), _tensors(got)
+    assert sorted(a) == sorted(b)
+    for where, x in a.items():
+        y = b[where]
+        assert x.shape == y.shape and x.dtype == y.dtype, where
+        if x.is_floating_point():
+            torch.testing.assert_close(y, x, rtol=0, atol=1e-6, msg=where)
         else:
-            assert torch.equal(a, b), where
-    elif isinstance(a, float):
-        assert b == pytest.approx(a, rel=1e-6, abs=1e-6), where
-    else:
-        assert a == b, where
+            assert torch.equal(x, y), where
+    history = {k: v for k, v in expected["history"].items()
+               if "second" not in k and "time" not in k}
+    assert len(history["elbo"]) == expected["epoch"]
+    for key, values in history.items():
+        assert got["history"][key] == pytest.approx(values, rel=1e-6, abs=1e-6), key
 
 
 @pytest.mark.skipif(not _fit_svi_has_resume(), reason="needs the trainer branch")
@@ -235,7 +245,7 @@ def test_a_killed_run_resumed_ends_as_an_uninterrupted_one(tmp_path):
     uninterrupted = load_checkpoint(reference / "checkpoint")
     resumed = load_checkpoint(out / "checkpoint")
     assert resumed["epoch"] == uninterrupted["epoch"] == 8
-    _assert_same(uninterrupted, resumed)
+    _assert_same_run(uninterrupted, resumed)
     expected = json.loads((reference / "metrics.json").read_text())
     got = json.loads((out / "metrics.json").read_text())
     assert got["resumed"] is True
