@@ -71,8 +71,6 @@ def _ks_argument(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-
-
 def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``select-k`` on an ``add_subparsers()`` object; returns its parser."""
     from ppl_models.models.mixture import COVARIANCE_TYPES
