@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import math
@@ -159,7 +160,8 @@ def _killed_after_epoch_2(out: Path) -> Path:
     try:
         while run.poll() is None and epoch < 2:
             if checkpoint.exists():
-                epoch = load_checkpoint(checkpoint)["epoch"]
+                with contextlib.suppress(ValueError, FileNotFoundError):  # being replaced
+                    epoch = load_checkpoint(checkpoint)["epoch"]
             time.sleep(0.005)
         run.kill()
         _, stderr = run.communicate(timeout=60)
