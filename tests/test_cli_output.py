@@ -292,6 +292,19 @@ def test_too_little_disk_space_is_refused_before_any_work(
     assert not (tmp_path / "o").exists()
 
 
+def test_an_unwritable_parent_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    # (the tests may run as root, for whom every folder is writable: ask os.access instead)
+    parent = tmp_path / "readonly"
+    parent.mkdir()
+    real_access = os.access
+    monkeypatch.setattr("ppl_models.cli.output.os.access",
+                        lambda path, mode: Path(path) != parent and real_access(path, mode))
+    monkeypatch.setattr("ppl_models.data.load", lambda *a, **k: pytest.fail("loaded data"))
+    assert main([*GMM, "--out", str(parent / "run")]) == 2
+    assert f"the folder {parent} is not writable" in one_line(capsys.readouterr().err)
+    assert list(parent.iterdir()) == []
+
+
 def test_a_folder_of_other_files_is_not_replaced(tmp_path, capsys):
     out = tmp_path / "thesis"
     out.mkdir()
