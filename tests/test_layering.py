@@ -19,7 +19,8 @@ layer modules                                         why there
 4     ``ppl_models.infer``                            drivers and ``FitResult``
 5     ``ppl_models.diagnostics``                      reads a ``FitResult``, never fits
 6     ``ppl_models.workflows``, ``ppl_models``        fit several times; the package's public
-      (the package ``__init__``)                      names re-export layers 1 to 6
+      (the package ``__init__``),                     names re-export layers 1 to 6, and so
+      ``ppl_models.sklearn``                          does the scikit-learn facade
 7     ``ppl_models.cli``, ``ppl_models.__main__``     the command line and its entry point
 ===== =============================================== =========================================
 """
@@ -48,6 +49,7 @@ LAYERS: dict[str, int] = {
     "ppl_models.diagnostics": 5,
     "ppl_models.workflows": 6,
     "ppl_models": 6,
+    "ppl_models.sklearn": 6,
     "ppl_models.cli": 7,
     "ppl_models.__main__": 7,
 }
