@@ -25,12 +25,12 @@ import torch
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
+from ppl_models.cli.compare_guides import add_subcommand
 from ppl_models.data import load
 from ppl_models.infer import fit_svi
 from ppl_models.infer.result import FitResult
 from ppl_models.models import GaussianMixture
 from ppl_models.workflows.compare import METRICS, compare_guides, split_data
-from ppl_models.workflows.compare_cli import add_subcommand
 from ppl_models.workflows.distance import aggregate_distance, posterior_distance
 from ppl_models.workflows.importance import (
     heldout_lpd,

@@ -16,6 +16,7 @@ from scipy.special import logsumexp
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from ppl_models._arviz import az
+from ppl_models.cli.select_k import add_subcommand, parse_ks, run
 from ppl_models.infer import fit_em, fit_svi
 from ppl_models.models import GaussianMixture
 from ppl_models.workflows.select_k import (
@@ -24,7 +25,6 @@ from ppl_models.workflows.select_k import (
     posterior_loo,
     select_components,
 )
-from ppl_models.workflows.select_k_cli import add_subcommand, parse_ks, run
 
 MEANS = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])
 COVS = np.array([[[1.0, 0.3], [0.3, 0.8]], [[0.6, -0.2], [-0.2, 1.0]], [[1.2, 0.0], [0.0, 0.5]]])

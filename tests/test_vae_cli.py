@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -12,8 +20,8 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
-from ppl_models import vae_cli
 from ppl_models.cli import main
+from ppl_models.cli.fit_vae import PRIORS as VAE_PRIORS
 from ppl_models.diagnostics import cluster_confusion
 from ppl_models.images import load_images
 from ppl_models.infer import load_checkpoint
@@ -25,7 +33,7 @@ def _restore(metrics: dict, out) -> torch.nn.Module:
     """A fresh model of the same structure with the checkpoint's networks."""
     args = argparse.Namespace(latent_dim=metrics["latent_dim"],
                               components=metrics["n_components"])
-    model = vae_cli.PRIORS[metrics["prior"]](metrics["n_features"], args,
+    model = VAE_PRIORS[metrics["prior"]](metrics["n_features"], args,
                                              {"likelihood": metrics["likelihood"]})
     state = load_checkpoint(out / "checkpoint", model)
     assert state["epoch"] == metrics["n_epochs"]
@@ -98,14 +106,16 @@ def test_time_limit_ends_the_training_early(tmp_path):
     [
         (["fit", "vae", "--data", "nosuch"], "unknown image source"),
         (["fit", "vae", "--data", "mnist:/nonexistent/dir"], "nonexistent"),
-        (["fit", "vae", "--steps", "5"], "--steps does not apply"),
+        (["fit", "vae", "--steps", "5"], "unrecognized arguments: --steps"),
         (["fit", "vae", "--kl-warmup", "-1"], "kl-warmup"),
-        (["fit", "gmm", "--prior", "mog"], "--prior applies to fit vae only"),
+        (["fit", "gmm", "--prior", "mog"], "unrecognized arguments: --prior"),
+        (["fit", "vae", "--covariance-type", "diag"], "unrecognized arguments: --covariance"),
         (["fit", "vae", "--prior", "bogus"], "invalid choice"),
-        (["fit", "vae", "--latent-dim", "0"], "positive whole number"),
+        (["fit", "vae", "--latent-dim", "0"], "must be a positive integer; got 0"),
         (["fit", "vae", "--likelihood", "poisson"], "invalid choice"),
-        (["fit", "vae", "--time-limit", "0"], "expected a positive number"),
-        (["fit", "gmm", "--time-limit", "60"], "--time-limit applies to fit vae only"),
+        (["fit", "vae", "--time-limit", "0"], "must be a positive number; got 0"),
+        (["fit", "gmm", "--time-limit", "60"], "unrecognized arguments: --time-limit"),
+        (["fit", "vae", "--resume", "--overwrite"], "not allowed with argument"),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line(tmp_path, capsys, argv, message):
@@ -116,3 +126,130 @@ def test_bad_arguments_are_refused_in_one_line(tmp_path, capsys, argv, message):
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ killed and resumed
+ROOT = Path(__file__).resolve().parents[1]
+#: A small run with many steps per epoch, so that it can be killed between epochs 2 and 8.
+RESUMABLE = ["fit", "vae", "--epochs", "8", "--batch-size", "10", "--latent-dim", "2",
+             "--particles", "2", "--no-plots", "--quiet", "--seed", "3"]
+
+
+def _fit_svi_has_resume() -> bool:
+    """Whether ``fit_svi`` takes ``resume`` (the trainer branch adds it)."""
+    from ppl_models.infer import fit_svi
+
+    return "resume" in inspect.signature(fit_svi).parameters
+
+
+def _command(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "ppl_models", *argv]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _killed_after_epoch_2(out: Path) -> Path:
+    """Run :data:`RESUMABLE` into ``out`` in a process killed (SIGKILL) as soon as its
+    checkpoint holds epoch 2 or later; return the checkpoint file it leaves."""
+    checkpoint = out.parent / f".{out.name}.partial" / "checkpoint" / "checkpoint.pt"
+    run = subprocess.Popen(_command(*RESUMABLE, "--out", str(out)), env=_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    epoch = 0
+    try:
+        while run.poll() is None and epoch < 2:
+            if checkpoint.exists():
+                with contextlib.suppress(ValueError, FileNotFoundError):  # being replaced
+                    epoch = load_checkpoint(checkpoint)["epoch"]
+            time.sleep(0.005)
+        run.kill()
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == -signal.SIGKILL, (
+        f"the run ended (status {run.returncode}) before it could be killed: lengthen "
+        f"RESUMABLE\n{stderr.decode()}"
+    )
+    assert 2 <= load_checkpoint(checkpoint)["epoch"] < 8
+    assert not out.exists()
+    return checkpoint
+
+
+def test_a_killed_run_keeps_its_checkpoint_and_a_rerun_without_resume_is_refused(
+    tmp_path, capsys
+):
+    out = tmp_path / "run"
+    checkpoint = _killed_after_epoch_2(out)
+    before = checkpoint.read_bytes()
+    assert main([*RESUMABLE, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "holds the checkpoint of an interrupted run; pass --resume" in err
+    assert checkpoint.read_bytes() == before and not out.exists()
+    # --overwrite starts again from epoch 0 and ends whole
+    assert main([*RESUMABLE, "--overwrite", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_epochs"] == 8 and metrics["resumed"] is False
+    assert not checkpoint.parent.parent.exists()
+    # a finished run's checkpoint is protected the same way
+    finished = (out / "checkpoint" / "checkpoint.pt").read_bytes()
+    assert main([*RESUMABLE, "--out", str(out)]) == 2
+    assert "holds the checkpoint of an earlier run" in capsys.readouterr().err
+    assert (out / "checkpoint" / "checkpoint.pt").read_bytes() == finished
+
+
+def _tensors(tree, where: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint (parameters, optimiser and scheduler states, RNG states)
+    by its path in the tree."""
+    if isinstance(tree, torch.Tensor):
+        return {where: tree}
+    found: dict[str, torch.Tensor] = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            found.update(_tensors(value, f"{where}.{key}"))
+    elif isinstance(tree, list | tuple):
+        for i, value in enumerate(tree):
+            found.update(_tensors(value, f"{where}[{i}]"))
+    return found
+
+
+def _assert_same_run(expected: dict, got: dict) -> None:
+    """Same tensors (floating to 1e-6, integer ones such as RNG states exactly) and the same
+    history, wall-clock entries (names with "second" or "time") aside."""
+    a, b = _tensors(expected), _tensors(got)
+    assert sorted(a) == sorted(b)
+    for where, x in a.items():
+        y = b[where]
+        assert x.shape == y.shape and x.dtype == y.dtype, where
+        if x.is_floating_point():
+            torch.testing.assert_close(y, x, rtol=0, atol=1e-6, msg=where)
+        else:
+            assert torch.equal(x, y), where
+    history = {k: v for k, v in expected["history"].items()
+               if "second" not in k and "time" not in k}
+    assert len(history["elbo"]) == expected["epoch"]
+    for key, values in history.items():
+        assert got["history"][key] == pytest.approx(values, rel=1e-6, abs=1e-6), key
+
+
+@pytest.mark.skipif(not _fit_svi_has_resume(), reason="needs the trainer branch")
+def test_a_killed_run_resumed_ends_as_an_uninterrupted_one(tmp_path):
+    reference = tmp_path / "reference"
+    done = subprocess.run(_command(*RESUMABLE, "--out", str(reference)), env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "run"
+    _killed_after_epoch_2(out)
+    done = subprocess.run(_command(*RESUMABLE, "--resume", "--out", str(out)), env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    uninterrupted = load_checkpoint(reference / "checkpoint")
+    resumed = load_checkpoint(out / "checkpoint")
+    assert resumed["epoch"] == uninterrupted["epoch"] == 8
+    _assert_same_run(uninterrupted, resumed)
+    expected = json.loads((reference / "metrics.json").read_text())
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["resumed"] is True
+    for key in ("train_elbo", "test_elbo", "test_log_likelihood"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-6), key

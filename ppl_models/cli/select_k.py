@@ -3,21 +3,30 @@
 ``ppl-models select-k --data PATH --ks 1-6 --out DIR`` writes into DIR ``selection.csv`` (the
 table of :func:`~ppl_models.workflows.select_k.select_components`), ``metrics.json`` (the
 same figures, the best K per criterion and the warnings, JSON-safe) and ``selection.png``, and
-prints the table. The command module registers the subcommand with :func:`add_subcommand`.
+prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
-from ppl_models.cli_args import positive_int
+from ppl_models.cli.arguments import (
+    add_data_options,
+    add_output_options,
+    columns_of,
+    non_negative_int,
+    positive_int,
+    progress_of,
+)
 
 __all__ = ["add_subcommand", "parse_ks", "run"]
+
+#: Output folder when ``--out`` is not given.
+DEFAULT_OUT = Path("runs") / "select-k"
+#: A rough size of the outputs, for the free-space check (a CSV, JSON, one PNG).
+NEED_BYTES = 10_000_000
 
 
 def parse_ks(text: str) -> list[int]:
@@ -62,10 +71,9 @@ def _ks_argument(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-
-
 def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``select-k`` on an ``add_subparsers()`` object; returns its parser."""
+    from ppl_models.models.mixture import COVARIANCE_TYPES
     from ppl_models.workflows.select_k import CRITERIA, POSTERIORS
 
     parser = subparsers.add_parser(
@@ -77,33 +85,33 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
             "write selection.csv, metrics.json and selection.png."
         ),
     )
-    parser.add_argument("--data", default="faithful", help="bundled name or a .csv/.npz path")
-    parser.add_argument("--columns", help="comma-separated columns to use (default: all)")
-    parser.add_argument("--standardize", action="store_true", help="centre and scale columns")
+    add_data_options(parser, default="faithful")
     parser.add_argument(
-        "--ks", type=_ks_argument, default=parse_ks("1-6"),
+        "--ks", metavar="KS", type=_ks_argument, default=parse_ks("1-6"),
         help="candidate K: a range 1-6, a list 1,2,4 or both (default 1-6)",
     )
     parser.add_argument(
-        "--criteria", default="bic,loo,elbo",
+        "--criteria", metavar="NAMES", default="bic,loo,elbo",
         help=f"comma-separated, from {','.join(CRITERIA)} (default bic,loo,elbo)",
     )
-    parser.add_argument("--covariance-type", default="full", choices=("full", "diag", "spherical"))
+    parser.add_argument("--covariance-type", default=COVARIANCE_TYPES[0],
+                        choices=COVARIANCE_TYPES)
     parser.add_argument(
         "--posterior", default="svi", choices=sorted(POSTERIORS),
         help="draws for LOO: full-rank SVI (default) or NUTS",
     )
-    parser.add_argument("--n-init", type=positive_int, default=5, help="EM restarts (default 5)")
+    parser.add_argument("--n-init", metavar="N", type=positive_int, default=5,
+                        help="EM restarts (default 5)")
     parser.add_argument(
-        "--steps", type=positive_int, default=1000, help="SVI steps per K (default 1000)"
+        "--steps", metavar="N", type=positive_int, default=1000,
+        help="SVI steps per K (default 1000)"
     )
     parser.add_argument(
-        "--draws", type=positive_int, default=500, help="posterior draws for LOO (default 500)"
+        "--draws", metavar="N", type=positive_int, default=500,
+        help="posterior draws for LOO (default 500)"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("runs") / "select-k",
-                        help="output folder (default runs/select-k)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    parser.add_argument("--seed", metavar="S", type=non_negative_int, default=0)
+    add_output_options(parser, default=str(DEFAULT_OUT))
     parser.set_defaults(run=run)
     return parser
 
@@ -112,46 +120,45 @@ def run(args: argparse.Namespace) -> int:
     """Run ``select-k`` with parsed arguments; returns the exit status (0)."""
     import pandas as pd
 
+    from ppl_models._shared.jsonsafe import to_json
+    from ppl_models._shared.warning_capture import captured_warnings
+    from ppl_models.cli.output import output_folder
     from ppl_models.data import load
     from ppl_models.workflows.select_k import plot_selection, select_components, table_to_json
 
-    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
-    data, names = load(args.data, columns=columns, standardize=args.standardize)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        table = select_components(
-            data,
-            args.ks,
-            criteria,
-            covariance_type=args.covariance_type,
-            n_init=args.n_init,
-            posterior=args.posterior,
-            num_steps=args.steps,
-            num_draws=args.draws,
-            seed=args.seed,
-            progress=not args.quiet,
-        )
-    notes = [str(w.message) for w in caught] + list(table.attrs.get("warnings", []))
-    for note in notes:
-        print(f"ppl-models: warning: {note}", file=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "selection.csv")
-    metrics = {
-        "data": str(args.data),
-        "columns": list(names),
-        "ks": list(args.ks),
-        "seed": args.seed,
-        **table_to_json(table),
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-    plot_selection(table, out / "selection.png")
+    out = args.out or DEFAULT_OUT
+    with output_folder(out, need_bytes=NEED_BYTES, overwrite=args.overwrite) as staging:
+        data, names = load(args.data, columns=columns_of(args), standardize=args.standardize)
+        with captured_warnings() as notes:
+            table = select_components(
+                data,
+                args.ks,
+                criteria,
+                covariance_type=args.covariance_type,
+                n_init=args.n_init,
+                posterior=args.posterior,
+                num_steps=args.steps,
+                num_draws=args.draws,
+                seed=args.seed,
+                progress=progress_of(args),
+            )
+            notes.extend(table.attrs.get("warnings", []))
+        table.to_csv(staging.path / "selection.csv")
+        metrics = {
+            "data": str(args.data),
+            "columns": list(names),
+            "ks": list(args.ks),
+            "seed": args.seed,
+            **table_to_json(table),
+        }
+        (staging.path / "metrics.json").write_text(to_json(metrics))
+        plot_selection(table, staging.path / "selection.png")
     if not args.quiet:
         shown = table.drop(columns=[c for c in table if c.startswith("best_")])
         with pd.option_context("display.width", 160, "display.max_columns", 30):
             print(shown.round(2))
         best = ", ".join(f"{name}: K={k}" for name, k in table.attrs["best"].items())
         print(f"\nbest {best} ({table.attrs['seconds']:.1f} s)")
-        print(f"wrote {out}/: selection.csv metrics.json selection.png")
+        print(f"wrote {staging.out}/: selection.csv metrics.json selection.png")
     return 0

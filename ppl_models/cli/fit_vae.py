@@ -1,0 +1,223 @@
+r"""``ppl-models fit vae``: train a VAE on images, evaluate it on held-out images, draw it.
+
+The model is a :class:`~ppl_models.models.VAE` with a latent prior chosen by ``--prior``
+(``standard`` :math:`\mathcal N(0, I)`; ``mog`` a learned mixture of ``--components``
+Gaussians; ``vamp`` the VampPrior with ``--components`` pseudo-inputs, Tomczak & Welling
+2018) or a :class:`~ppl_models.models.GMVAE` with ``--components`` labels summed out exactly
+(Dilokthanakul et al. 2016). It is trained by minibatch SVI (:func:`ppl_models.infer.fit_svi`)
+on the ``train`` split and scored on the ``test`` split by the ELBO and the importance-weighted
+bound of Burda et al. (2016) with ``--particles`` samples. Written into ``--out``:
+``metrics.json``, ``checkpoint/checkpoint.pt`` and the PNGs of
+:func:`ppl_models.diagnostics.save_vae_plots`.
+
+The checkpoint is written after every epoch into the partial folder beside ``--out``
+(:mod:`ppl_models.cli.output`); a run interrupted in any way leaves it there, and
+``--resume`` continues it so that the run ends with the numbers of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ppl_models.cli.arguments import (
+    add_output_options,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    progress_of,
+)
+from ppl_models.cli.output import Staging, output_folder
+
+__all__ = ["DEFAULT_DATA", "PRIORS", "add_parser", "run"]
+
+#: Data set of ``fit vae`` when ``--data`` is not given.
+DEFAULT_DATA = "digits"
+
+#: A rough size of the outputs, for the free-space check: the checkpoint (networks and Adam's
+#: two moments: 3 x 4 bytes per weight, a few MB for MNIST-sized networks) and the PNGs.
+NEED_BYTES = 50_000_000
+
+
+def _standard(input_dim: int, args: argparse.Namespace, options: dict) -> Any:
+    from ppl_models.models import VAE
+
+    return VAE(input_dim, args.latent_dim, prior="standard", **options)
+
+
+def _mog(input_dim: int, args: argparse.Namespace, options: dict) -> Any:
+    from ppl_models.models import VAE, MixtureOfGaussiansPrior
+
+    return VAE(input_dim, args.latent_dim, prior=MixtureOfGaussiansPrior(args.components),
+               **options)
+
+
+def _vamp(input_dim: int, args: argparse.Namespace, options: dict) -> Any:
+    from ppl_models.models import VAE, VampPrior
+
+    return VAE(input_dim, args.latent_dim, prior=VampPrior(args.components), **options)
+
+
+def _gmvae(input_dim: int, args: argparse.Namespace, options: dict) -> Any:
+    from ppl_models.models import GMVAE
+
+    return GMVAE(input_dim, args.latent_dim, args.components, **options)
+
+
+#: ``--prior`` -> builder(input_dim, args, options) -> model.
+PRIORS: dict[str, Callable[[int, argparse.Namespace, dict], Any]] = {
+    "standard": _standard,
+    "mog": _mog,
+    "vamp": _vamp,
+    "gmvae": _gmvae,
+}
+
+#: How images are read for a likelihood: thresholded to binary pixels for ``bernoulli``,
+#: grey levels in [0, 1] for every other likelihood of the registry.
+_BINARIZE: dict[str, str] = {"bernoulli": "threshold"}
+
+
+def add_parser(subparsers: Any, name: str = "vae") -> argparse.ArgumentParser:
+    """Register ``fit vae`` on the ``fit`` subparsers; returns its parser."""
+    from ppl_models.models.vae import LIKELIHOODS
+
+    parser = subparsers.add_parser(
+        name,
+        prog=f"ppl-models fit {name}",
+        help="a VAE (standard, mixture, VampPrior or GMVAE prior) by minibatch SVI",
+        description="Train a VAE on images, score it on the test split by the ELBO and the "
+        "importance-weighted bound, and write metrics.json, checkpoint/ and plots.",
+    )
+    parser.add_argument(
+        "--data", metavar="SOURCE", default=DEFAULT_DATA,
+        help=f"{DEFAULT_DATA} (default), mnist:DIR, fashion-mnist:DIR or binarized-mnist:PATH",
+    )
+    parser.add_argument("--prior", default="standard", choices=sorted(PRIORS),
+                        help="latent prior (default standard)")
+    parser.add_argument("--components", metavar="K", type=positive_int, default=10,
+                        help="mog components, vamp pseudo-inputs or gmvae labels (default 10)")
+    parser.add_argument("--latent-dim", metavar="D", type=positive_int, default=10,
+                        help="size of the code (default 10)")
+    parser.add_argument("--epochs", metavar="N", type=positive_int, default=20,
+                        help="training epochs (default 20)")
+    parser.add_argument("--batch-size", metavar="B", type=positive_int, default=100,
+                        help="minibatch size (default 100)")
+    parser.add_argument("--likelihood", default="bernoulli", choices=sorted(LIKELIHOODS),
+                        help="pixel density (default bernoulli, on thresholded pixels)")
+    parser.add_argument("--particles", metavar="N", type=positive_int, default=1000,
+                        help="importance samples of the test log-likelihood (default 1000)")
+    parser.add_argument("--kl-warmup", metavar="N", type=non_negative_int, default=0,
+                        help="epochs of KL warm-up (default 0)")
+    parser.add_argument("--time-limit", type=positive_float, metavar="SECONDS",
+                        help="start no new epoch after this many seconds of training")
+    parser.add_argument("--seed", metavar="S", type=non_negative_int, default=0)
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_output_options(parser, default="runs/vae-PRIOR", resumable=True)
+    parser.set_defaults(run=run, model=name)
+    return parser
+
+
+def _load(source: str, likelihood: str):
+    from ppl_models.images import load_images
+
+    binarize = _BINARIZE.get(likelihood)
+    x_train, _ = load_images(source, split="train", binarize=binarize)
+    x_test, y_test = load_images(source, split="test", binarize=binarize)
+    return x_train, x_test, y_test
+
+
+def _resume_options(staging: Staging) -> dict[str, bool]:
+    """``resume=True`` for :func:`fit_svi` when continuing a checkpoint.
+
+    ``overwrite`` is never needed: :func:`~ppl_models.cli.output.output_folder` has already
+    refused (or, with ``--overwrite``, cleared) a folder holding a checkpoint, so the trainer
+    starts in an empty ``checkpoint/`` unless it resumes.
+    """
+    return {"resume": True} if staging.resume else {}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fit, evaluate and draw a VAE as the parsed ``fit vae`` arguments say; return 0."""
+    import torch
+
+    from ppl_models._shared.jsonsafe import to_json
+    from ppl_models._shared.warning_capture import captured_warnings
+    from ppl_models.diagnostics import assign_clusters, cluster_accuracy, save_vae_plots
+    from ppl_models.infer import elbo_terms, fit_svi, log_marginal_likelihood
+
+    out = args.out or Path("runs") / f"vae-{args.prior}"
+    progress = progress_of(args)
+    with output_folder(out, need_bytes=NEED_BYTES, resume=args.resume,
+                       overwrite=args.overwrite, resumable=True) as staging:
+        x_train, x_test, y_test = _load(args.data, args.likelihood)
+        torch.manual_seed(args.seed)
+        model = PRIORS[args.prior](x_train.shape[1], args, {"likelihood": args.likelihood})
+        batch_size = min(args.batch_size, x_train.shape[0])
+        with captured_warnings():
+            result = fit_svi(
+                model,
+                x_train,
+                batch_size=batch_size,
+                num_epochs=args.epochs,
+                kl_warmup_epochs=args.kl_warmup,
+                time_limit=args.time_limit,
+                checkpoint_dir=staging.checkpoint_dir,
+                seed=args.seed,
+                progress=progress,
+                **_resume_options(staging),
+            )
+        model.eval()
+        terms = elbo_terms(model, x_test, seed=args.seed)
+        loglik = log_marginal_likelihood(model, x_test, args.particles, seed=args.seed,
+                                         progress=progress)
+        clusters = assign_clusters(model, x_test)
+        accuracy = None
+        if clusters is not None and y_test is not None:
+            accuracy = cluster_accuracy(clusters, y_test)
+        epoch_seconds = result.info.get("epoch_seconds") or [result.fit_seconds]
+        checkpoint = result.info.get("checkpoint")
+        figures: dict[str, Any] = {
+            "model": "vae",
+            "prior": args.prior,
+            "data": args.data,
+            "likelihood": args.likelihood,
+            "latent_dim": args.latent_dim,
+            "n_components": None if args.prior == "standard" else args.components,
+            "n_train": int(x_train.shape[0]),
+            "n_test": int(x_test.shape[0]),
+            "n_features": int(x_train.shape[1]),
+            "batch_size": batch_size,
+            "n_epochs": int(result.info.get("num_epochs", result.n_iter)),
+            "kl_warmup_epochs": args.kl_warmup,
+            "time_limit": args.time_limit,
+            "stopped_by": result.info.get("stopped_by"),
+            "resumed": staging.resume,
+            "train_elbo": result.history["elbo"][-1],
+            "test_elbo": terms["elbo"],
+            "test_elbo_terms": {k: v for k, v in terms.items() if k != "elbo"},
+            "test_log_likelihood": loglik,
+            "test_log_likelihood_particles": args.particles,
+            "cluster_accuracy": accuracy,
+            "epoch_seconds": statistics.mean(epoch_seconds),
+            "fit_seconds": result.fit_seconds,
+            "seed": args.seed,
+            # relative to the folder, which moves into place at the end
+            "checkpoint": None if checkpoint is None
+            else os.path.relpath(checkpoint, staging.path),
+        }
+        (staging.path / "metrics.json").write_text(to_json(figures))
+        written = [] if args.no_plots else save_vae_plots(model, x_test, y_test, staging.path)
+    if not args.quiet:
+        accuracy_text = "" if accuracy is None else f", cluster accuracy {accuracy:.3f}"
+        print(
+            f"vae ({args.prior} prior) on {args.data}: test ELBO {terms['elbo']:.2f}, "
+            f"log p(x) >= {loglik:.2f} nats (K={args.particles}){accuracy_text}; "
+            f"{figures['n_epochs']} epochs, {figures['epoch_seconds']:.2f} s/epoch"
+        )
+        print(f"wrote {staging.out}/: metrics.json checkpoint/ "
+              + " ".join(p.name for p in written))
+    return 0
