@@ -113,9 +113,9 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _build_model(args: argparse.Namespace):
-    from ppl_models.models import MODELS
+    from ppl_models.models import MIXTURES
 
-    cls = MODELS[args.model]
+    cls = MIXTURES[args.model]
     offered = {"n_components": args.components, "covariance_type": args.covariance_type}
     accepted = inspect.signature(cls).parameters
     return cls(**{k: v for k, v in offered.items() if k in accepted})

@@ -1,6 +1,6 @@
 """``ppl-models fit MODEL``: one sub-subcommand per model family, each with its own options.
 
-The mixtures of :data:`ppl_models.models.MODELS` share :mod:`ppl_models.cli.fit_mixture`;
+The mixtures of :data:`ppl_models.models.MIXTURES` share :mod:`ppl_models.cli.fit_mixture`;
 ``vae`` (with every latent prior and the GMVAE) is :mod:`ppl_models.cli.fit_vae`.
 ``ppl-models fit`` with no model (``ppl-models fit --out DIR``) fits :data:`DEFAULT_MODEL`.
 """

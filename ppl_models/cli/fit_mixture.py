@@ -3,7 +3,7 @@ person reads.
 
 With no option it fits a two-component Gaussian mixture to the bundled Old Faithful data by EM
 and writes ``metrics.json``, ``summary.csv``, ``inference_data.nc``, the saved fit ``fit/``
-and PNG plots into ``runs/gmm-em``. Every mixture of :data:`ppl_models.models.MODELS` gets a
+and PNG plots into ``runs/gmm-em``. Every mixture of :data:`ppl_models.models.MIXTURES` gets a
 subcommand; its options are the constructor arguments it accepts (:data:`MODEL_OPTIONS`).
 """
 
@@ -33,10 +33,10 @@ NEED_BYTES = 20_000_000
 
 
 def mixture_names() -> list[str]:
-    """Names of :data:`ppl_models.models.MODELS` that are finite mixtures, sorted."""
-    from ppl_models.models import MODELS, FiniteMixture
+    """Names of :data:`ppl_models.models.MIXTURES`, sorted."""
+    from ppl_models.models import MIXTURES
 
-    return sorted(name for name, cls in MODELS.items() if issubclass(cls, FiniteMixture))
+    return sorted(MIXTURES)
 
 
 def _em(model, data, args, columns):
@@ -93,22 +93,22 @@ MODEL_OPTIONS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] 
 
 
 def _accepted(name: str) -> list[str]:
-    from ppl_models.models import MODELS
+    from ppl_models.models import MIXTURES
 
-    parameters = inspect.signature(MODELS[name]).parameters
+    parameters = inspect.signature(MIXTURES[name]).parameters
     return [arg for arg in MODEL_OPTIONS if arg in parameters]
 
 
 def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
-    """Register ``fit NAME`` for the mixture ``NAME`` of ``MODELS``; returns its parser."""
+    """Register ``fit NAME`` for the mixture ``NAME`` of ``MIXTURES``; returns its parser."""
     from guides import KINDS
-    from ppl_models.models import MODELS
+    from ppl_models.models import MIXTURES
 
     parser = subparsers.add_parser(
         name,
         prog=f"ppl-models fit {name}",
-        help=f"{MODELS[name].__name__} by EM, SVI or NUTS",
-        description=f"Fit a {MODELS[name].__name__} (by default with K=2, by EM, on Old "
+        help=f"{MIXTURES[name].__name__} by EM, SVI or NUTS",
+        description=f"Fit a {MIXTURES[name].__name__} (by default with K=2, by EM, on Old "
         "Faithful) and write metrics.json, summary.csv, inference_data.nc, fit/ and plots.",
     )
     add_data_options(parser, default="faithful")
@@ -135,10 +135,10 @@ def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
 
 def build_model(args: argparse.Namespace) -> Any:
     """The mixture ``args.model`` with the options its class accepts."""
-    from ppl_models.models import MODELS
+    from ppl_models.models import MIXTURES
 
     options = {arg: getattr(args, MODEL_OPTIONS[arg][0]) for arg in _accepted(args.model)}
-    return MODELS[args.model](**options)
+    return MIXTURES[args.model](**options)
 
 
 def metrics(result) -> dict[str, Any]:
