@@ -67,7 +67,7 @@ def _draws_around(em_fit, n_draws: int, swap: np.ndarray, seed: int = 0):
     draws = {}
     for name, value in params.items():
         noise = 1 + 0.01 * torch.randn(n_draws, *value.shape, generator=gen, dtype=value.dtype)
-        jittered = value * noise if name in ("locs", "scale") else value.expand(n_draws, *value.shape)
+        jittered = value * noise if name in ("locs", "scale") else value.expand_as(noise)
         draws[name] = jittered.clone()
     draws["weights"] = draws["weights"] / draws["weights"].sum(-1, keepdim=True)
     flipped = torch.as_tensor(swap)

@@ -35,7 +35,12 @@ from ppl_models.infer.result import FitResult
 from ppl_models.models.mixture import FiniteMixture
 from ppl_models.models.protocols import MixtureModel
 
-__all__ = ["membership_table", "memberships", "relabelled_point_and_draws"]
+__all__ = [
+    "membership_probabilities",
+    "membership_table",
+    "memberships",
+    "relabelled_point_and_draws",
+]
 
 #: Largest ``N * draws * K * D`` evaluated at once when averaging over draws (elements).
 _CHUNK_ELEMENTS = 1 << 24
@@ -78,20 +83,41 @@ def _check_mixture(result: FitResult) -> None:
         )
 
 
-def _mean_responsibilities(
-    model: MixtureModel | FiniteMixture, data: torch.Tensor, draws: Mapping[str, torch.Tensor]
+def membership_probabilities(
+    model: MixtureModel | FiniteMixture,
+    data: torch.Tensor,
+    params: Mapping[str, torch.Tensor],
+    draws: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """:math:`\\frac1S \\sum_s r_{nk}(\\theta_s)`, evaluated in chunks of draws."""
-    n_draws = next(iter(draws.values())).shape[0]
-    n, d = data.shape
-    k = model.n_components
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, n * k * d))
-    total = torch.zeros(n, k, dtype=data.dtype)
+    """Responsibilities at ``params``, or their mean over ``draws`` when draws are given.
+
+    Parameters
+    ----------
+    model : MixtureModel
+    data : Tensor (N, D)
+    params : dict of str to Tensor
+        A point estimate (used when ``draws`` is None).
+    draws : dict of str to Tensor, optional
+        Draws under one labelling, each ``(S, *site_shape)`` (see
+        :func:`relabelled_point_and_draws`); evaluated in chunks of draws.
+
+    Returns
+    -------
+    Tensor (N, K)
+    """
     with torch.no_grad():
+        if draws is None:
+            point = {name: v.to(data.dtype) for name, v in params.items()}
+            return model.responsibilities(data, point)
+        n_draws = next(iter(draws.values())).shape[0]
+        n, d = data.shape
+        k = model.n_components
+        chunk = max(1, _CHUNK_ELEMENTS // max(1, n * k * d))
+        total = torch.zeros(n, k, dtype=data.dtype)
         for start in range(0, n_draws, chunk):
             part = {name: v[start : start + chunk].to(data.dtype) for name, v in draws.items()}
             total += model.responsibilities(data, part).sum(1)  # (N, s, K) -> (N, K)
-    return total / n_draws
+        return total / n_draws
 
 
 def memberships(
@@ -126,13 +152,7 @@ def memberships(
                 f"data must have shape (N, {result.n_features}) like the fitted data; "
                 f"got {tuple(x.shape)}"
             )
-    x = x.to(torch.float64)
-    if draws is None:
-        with torch.no_grad():
-            point = {name: v.to(torch.float64) for name, v in params.items()}
-            probs = model.responsibilities(x, point)
-    else:
-        probs = _mean_responsibilities(model, x, draws)
+    probs = membership_probabilities(model, x.to(torch.float64), params, draws)
     probs_np = probs.detach().cpu().numpy().astype(np.float64)
     return probs_np, probs_np.argmax(axis=1).astype(np.int64)
 
