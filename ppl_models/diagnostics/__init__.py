@@ -5,6 +5,7 @@ nothing calls back into a driver.
 """
 
 from ppl_models.diagnostics.inference_data import to_inference_data
+from ppl_models.diagnostics.memberships import membership_table, memberships
 from ppl_models.diagnostics.plots import (
     plot_mixture,
     plot_objective,
@@ -17,6 +18,8 @@ from ppl_models.diagnostics.summary import loo, summarize
 
 __all__ = [
     "loo",
+    "membership_table",
+    "memberships",
     "plot_mixture",
     "plot_objective",
     "plot_posterior",
