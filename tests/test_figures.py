@@ -47,3 +47,18 @@ def test_new_figure_and_selection_plot_display_as_png():
     x = torch.randn(60, 2, generator=gen, dtype=torch.float64)
     table = select_components(x, ks=[1, 2], criteria=("bic",), progress=False)
     assert rich_display(plot_selection(table))["image/png"].startswith(PNG_MAGIC)
+
+
+def test_training_curve_of_a_minibatch_fit_is_per_epoch():
+    from ppl_models.infer import fit_svi
+    from ppl_models.models import VAE
+
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((40, 16), 0.3))
+    result = fit_svi(VAE(16, 2, hidden=(8,)), x, batch_size=20, num_epochs=3, progress=False)
+    fig = plot_objective(result)
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert all(ax.get_xlabel() == "epoch" for ax in fig.axes)
+    assert len(labels) == len([k for k, v in result.history.items() if len(v)]) >= 3
+    assert len(fig.axes[0].lines[0].get_xdata()) == 3
+    assert rich_display(fig)["image/png"].startswith(PNG_MAGIC)

@@ -206,7 +206,8 @@ def _curves(result: FitResult) -> dict[str, np.ndarray]:
 
 
 def plot_objective(result: FitResult, path: str | Path | None = None) -> Figure:
-    """The objective's history: EM's objective per iteration, SVI's ELBO per step.
+    """The objective's history: EM's objective per iteration, SVI's ELBO per step (per epoch in
+    minibatches, with the ELBO's terms: a VAE's training curve).
 
     Every numeric curve in ``result.history`` is drawn in its own panel, the objective first
     (for MAP EM, the objective includes the log prior and the log-likelihood is shown beside
@@ -239,7 +240,10 @@ def plot_objective(result: FitResult, path: str | Path | None = None) -> Figure:
             for k in order
             if k == first[0] or curves[k].shape != main.shape or not np.allclose(curves[k], main)
         ]
-    step = "iteration" if result.method == "em" else "step"
+    # minibatch fits record one value per epoch
+    step = "iteration" if result.method == "em" else (
+        "epoch" if "num_epochs" in result.info else "step"
+    )
     fig = _figure(7.0, 3.2 * len(order))
     axes = fig.subplots(len(order), 1, squeeze=False)[:, 0]
     objective = result.info.get("objective") if result.method == "em" else None
