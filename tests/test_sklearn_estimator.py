@@ -37,6 +37,18 @@ def test_sklearn_api_checks(estimator, check):
     check(estimator)
 
 
+@pytest.mark.slow  # about 1 min (SVI) and 3 min (NUTS) on 2 busy cores
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # tiny runs
+@parametrize_with_checks(
+    [
+        GaussianMixture(method="svi", num_steps=30, num_draws=10),
+        GaussianMixture(method="nuts", num_samples=10, warmup_steps=10, num_chains=1),
+    ]
+)
+def test_sklearn_api_checks_bayesian(estimator, check):
+    check(estimator)
+
+
 def three_clusters(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Three well-separated unit-variance clusters (centres 6 sd apart)."""
     rng = np.random.default_rng(seed)
