@@ -1,6 +1,8 @@
 """ppl-models: latent-variable models in Pyro, fitted by EM, SVI and NUTS, read with ArviZ.
 
 The flow is one-way: ``data -> models -> guides -> infer -> diagnostics -> cli``.
+scikit-learn's vocabulary (``fit``/``predict_proba``/``score``/``bic``, for pipelines and grid
+searches) is in :mod:`ppl_models.sklearn`: ``from ppl_models.sklearn import GaussianMixture``.
 """
 
 from ppl_models.data import load

@@ -4,7 +4,9 @@ Everything here reads a :class:`~ppl_models.infer.result.FitResult` (and the mod
 nothing calls back into a driver.
 """
 
+from ppl_models.diagnostics.active_units import active_units
 from ppl_models.diagnostics.inference_data import to_inference_data
+from ppl_models.diagnostics.memberships import membership_table, memberships
 from ppl_models.diagnostics.plots import (
     plot_mixture,
     plot_objective,
@@ -16,7 +18,10 @@ from ppl_models.diagnostics.relabel import relabel_draws, relabel_result
 from ppl_models.diagnostics.summary import loo, summarize
 
 __all__ = [
+    "active_units",
     "loo",
+    "membership_table",
+    "memberships",
     "plot_mixture",
     "plot_objective",
     "plot_posterior",

@@ -3,7 +3,8 @@
 Figures are :class:`matplotlib.figure.Figure` objects drawn and saved with the Agg renderer
 without going through ``pyplot``: nothing is registered with pyplot's figure manager, so no
 figure stays open (and the interactive backend of a session is left alone). Every function
-returns its figure and, given ``path``, also writes it as a PNG.
+returns its figure (a :class:`~ppl_models.diagnostics.figure.DisplayFigure`, which a notebook
+cell that returns it shows as an image) and, given ``path``, also writes it as a PNG.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 
 from ppl_models._arviz import az
+from ppl_models.diagnostics.figure import new_figure
 from ppl_models.diagnostics.inference_data import feature_names, full_draws, to_inference_data
 from ppl_models.diagnostics.relabel import relabel_result
 from ppl_models.diagnostics.summary import is_point_estimate
@@ -41,9 +42,7 @@ _DPI = 100
 
 
 def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI)
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure(width, height, dpi=_DPI)
 
 
 def _save(fig: Figure, path: str | Path | None) -> None:
@@ -212,7 +211,8 @@ def _curves(result: FitResult) -> dict[str, np.ndarray]:
 
 
 def plot_objective(result: FitResult, path: str | Path | None = None) -> Figure:
-    """The objective's history: EM's objective per iteration, SVI's ELBO per step.
+    """The objective's history: EM's objective per iteration, SVI's ELBO per step (per epoch in
+    minibatches, with the ELBO's terms: a VAE's training curve).
 
     Every numeric curve in ``result.history`` is drawn in its own panel, the objective first
     (for MAP EM, the objective includes the log prior and the log-likelihood is shown beside
@@ -245,7 +245,10 @@ def plot_objective(result: FitResult, path: str | Path | None = None) -> Figure:
             for k in order
             if k == first[0] or curves[k].shape != main.shape or not np.allclose(curves[k], main)
         ]
-    step = "iteration" if result.method == "em" else "step"
+    # minibatch fits record one value per epoch
+    step = "iteration" if result.method == "em" else (
+        "epoch" if "num_epochs" in result.info else "step"
+    )
     fig = _figure(7.0, 3.2 * len(order))
     axes = fig.subplots(len(order), 1, squeeze=False)[:, 0]
     objective = result.info.get("objective") if result.method == "em" else None

@@ -1,7 +1,8 @@
 r"""Pictures of a fitted VAE: prior samples, reconstructions, latent map, interpolations.
 
 All figures are :class:`matplotlib.figure.Figure` objects on the Agg canvas (no ``pyplot``,
-so nothing stays open); each function returns its figure and, given ``path``, writes a PNG.
+so nothing stays open); each function returns its figure (shown as an image when a notebook
+cell returns it, :mod:`ppl_models.diagnostics.figure`) and, given ``path``, writes a PNG.
 Images are shown as squares of side :math:`\sqrt D` (8x8 digits, 28x28 MNIST).
 
 * prior samples: the decoder's mean :math:`\mathbb E[x \mid z]`, :math:`z \sim p(z)`;
@@ -28,9 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ppl_models.diagnostics.figure import new_figure
 from ppl_models.models import AmortizedModel, LabelledAmortized
 
 __all__ = [
@@ -47,9 +48,7 @@ _DPI = 100
 
 
 def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI)
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure(width, height, dpi=_DPI)
 
 
 def _save(fig: Figure, path: str | Path | None) -> None:

@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from scipy import stats
 from tqdm.auto import tqdm
 
+from ppl_models.diagnostics.figure import new_figure
 from ppl_models.diagnostics.relabel import component_rows, permute_components
 from ppl_models.infer.result import FitResult
 from ppl_models.models import LatentModel, MixtureModel
@@ -152,9 +152,7 @@ def ecdf_band(
 
 # --------------------------------------------------------------------------- the result
 def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI)
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure(width, height, dpi=_DPI)
 
 
 @dataclass(frozen=True)

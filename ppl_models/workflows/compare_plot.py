@@ -1,7 +1,8 @@
 """Dot plot of a guide comparison: one panel per metric, guides on the y axis.
 
 Drawn with the Agg renderer without ``pyplot`` (no figure stays open), as
-:mod:`ppl_models.diagnostics.plots` does.
+:mod:`ppl_models.diagnostics.plots` does, on a figure that Jupyter displays when a cell
+returns it (:mod:`ppl_models.diagnostics.figure`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from ppl_models.diagnostics.figure import new_figure
 from ppl_models.workflows.compare import METRICS, GuideComparison
 
 __all__ = ["plot_comparison"]
@@ -133,8 +134,7 @@ def plot_comparison(
     metrics = [m for m in METRICS if np.isfinite(per_seed[m].to_numpy(dtype=float)).any()]
     rows = max(1, math.ceil(len(metrics) / columns))
     height = 0.9 + 0.4 * len(guides)
-    fig = Figure(figsize=(4.6 * columns, height * rows + 0.6), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(4.6 * columns, height * rows + 0.6, dpi=100)
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax, key in zip(axes, metrics, strict=False):
         _panel(ax, per_seed, guides, key)

@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from ppl_models._arviz import az
 from ppl_models.data import check_data
 from ppl_models.diagnostics import loo, to_inference_data
+from ppl_models.diagnostics.figure import new_figure
 from ppl_models.infer import FitResult, fit_em, fit_mcmc, fit_svi
 from ppl_models.models import GaussianMixture
 from ppl_models.models.mixture import COVARIANCE_TYPES
@@ -422,9 +422,7 @@ def _notes(k: int, caught: list[warnings.WarningMessage]) -> list[str]:
 
 # --------------------------------------------------------------------------- plot
 def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI)
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure(width, height, dpi=_DPI)
 
 
 def plot_selection(table: pd.DataFrame, path: str | Path | None = None) -> Figure:
