@@ -8,8 +8,8 @@ from IPython.core.formatters import DisplayFormatter
 from matplotlib.figure import Figure
 
 from ppl_models import GaussianMixture, load
+from ppl_models._shared.figures import agg_figure as new_figure
 from ppl_models.diagnostics import plot_mixture, plot_objective
-from ppl_models.diagnostics.figure import new_figure
 from ppl_models.infer import fit_em
 from ppl_models.workflows import plot_selection, select_components
 

@@ -3,7 +3,7 @@
 Figures are :class:`matplotlib.figure.Figure` objects drawn and saved with the Agg renderer
 without going through ``pyplot``: nothing is registered with pyplot's figure manager, so no
 figure stays open (and the interactive backend of a session is left alone). Every function
-returns its figure (a :class:`~ppl_models.diagnostics.figure.DisplayFigure`, which a notebook
+returns its figure (a :class:`~ppl_models._shared.figures.DisplayFigure`, which a notebook
 cell that returns it shows as an image) and, given ``path``, also writes it as a PNG.
 """
 
@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 
 from ppl_models._arviz import az
-from ppl_models.diagnostics.figure import new_figure
+from ppl_models._shared.figures import agg_figure, write_png
 from ppl_models.diagnostics.inference_data import feature_names, full_draws, to_inference_data
 from ppl_models.diagnostics.relabel import relabel_result
 from ppl_models.diagnostics.summary import is_point_estimate
@@ -38,18 +38,8 @@ __all__ = [
 
 #: Sites shown by the trace and posterior plots (those present).
 DEFAULT_VARS: tuple[str, ...] = ("weights", "locs", "scale")
-_DPI = 100
 
 
-def _figure(width: float, height: float) -> Figure:
-    return new_figure(width, height, dpi=_DPI)
-
-
-def _save(fig: Figure, path: str | Path | None) -> None:
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=_DPI, bbox_inches="tight")
 
 
 def _mean_moments(result: FitResult) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
@@ -121,7 +111,7 @@ def plot_mixture(result: FitResult, path: str | Path | None = None) -> Figure:
     names = feature_names(result)
     k = locs.shape[0]
     colors = [f"C{i % 10}" for i in range(k)]
-    fig = _figure(7.0, 5.5)
+    fig = agg_figure(7.0, 5.5)
     ax = fig.add_subplot()
     if x.shape[1] == 1:
         _mixture_1d(ax, x[:, 0], labels, weights, locs[:, 0], np.sqrt(cov[:, 0, 0]), colors)
@@ -160,7 +150,7 @@ def plot_mixture(result: FitResult, path: str | Path | None = None) -> Figure:
     title += "; ellipses: 1 and 2 sigma" if x.shape[1] > 1 else "; bars: 1 and 2 sigma"
     ax.set_title(title)
     ax.legend(loc="best", fontsize="small")
-    _save(fig, path)
+    write_png(fig, path)
     return fig
 
 
@@ -249,7 +239,7 @@ def plot_objective(result: FitResult, path: str | Path | None = None) -> Figure:
     step = "iteration" if result.method == "em" else (
         "epoch" if "num_epochs" in result.info else "step"
     )
-    fig = _figure(7.0, 3.2 * len(order))
+    fig = agg_figure(7.0, 3.2 * len(order))
     axes = fig.subplots(len(order), 1, squeeze=False)[:, 0]
     objective = result.info.get("objective") if result.method == "em" else None
     for ax, key in zip(axes, order, strict=True):
@@ -285,7 +275,7 @@ def plot_objective(result: FitResult, path: str | Path | None = None) -> Figure:
         ax.set_title(f"{result.method.upper()}: {name}")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    write_png(fig, path)
     return fig
 
 
@@ -364,7 +354,7 @@ def plot_trace(
     """
     names = _draws_vars(idata, var_names)
     rows = _trace_rows(idata, names)
-    fig = _figure(12.0, 2.4 * len(rows))
+    fig = agg_figure(12.0, 2.4 * len(rows))
     axes = fig.subplots(len(rows), 2, squeeze=False)
     with _arviz_matplotlib_compat():
         for i, (name, coords) in enumerate(rows):
@@ -382,7 +372,7 @@ def plot_trace(
                     ax.set_title(f"{name} ({label})")
     fig.suptitle(f"{idata.posterior.attrs.get('method', '')} posterior draws (relabelled)")
     fig.tight_layout()
-    _save(fig, path)
+    write_png(fig, path)
     return fig
 
 
@@ -416,7 +406,7 @@ def plot_posterior(
     n = _n_entries(idata, names)
     cols = min(4, n)
     rows = math.ceil(n / cols)
-    fig = _figure(3.2 * cols, 2.6 * rows)
+    fig = agg_figure(3.2 * cols, 2.6 * rows)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
@@ -430,7 +420,7 @@ def plot_posterior(
             round_to=4,
         )
     fig.tight_layout()
-    _save(fig, path)
+    write_png(fig, path)
     return fig
 
 

@@ -2,7 +2,7 @@ r"""Pictures of a fitted VAE: prior samples, reconstructions, latent map, interp
 
 All figures are :class:`matplotlib.figure.Figure` objects on the Agg canvas (no ``pyplot``,
 so nothing stays open); each function returns its figure (shown as an image when a notebook
-cell returns it, :mod:`ppl_models.diagnostics.figure`) and, given ``path``, writes a PNG.
+cell returns it, :mod:`ppl_models._shared.figures`) and, given ``path``, writes a PNG.
 Images are shown as squares of side :math:`\sqrt D` (8x8 digits, 28x28 MNIST).
 
 * prior samples: the decoder's mean :math:`\mathbb E[x \mid z]`, :math:`z \sim p(z)`;
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ppl_models.diagnostics.figure import new_figure
+from ppl_models._shared.figures import agg_figure, write_png
 from ppl_models.models import AmortizedModel, LabelledAmortized
 
 __all__ = [
@@ -44,18 +44,8 @@ __all__ = [
     "save_vae_plots",
 ]
 
-_DPI = 100
 
 
-def _figure(width: float, height: float) -> Figure:
-    return new_figure(width, height, dpi=_DPI)
-
-
-def _save(fig: Figure, path: str | Path | None) -> None:
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=_DPI, bbox_inches="tight")
 
 
 def image_side(model: Any) -> int:
@@ -103,10 +93,10 @@ def plot_prior_samples(model: Any, path: str | Path | None = None, *, n: int = 6
         torch.manual_seed(seed)
         z = model.prior_distribution().sample((n,))
         images = _mean(model, z)
-    fig = _figure(cols * 0.6, rows * 0.6)
+    fig = agg_figure(cols * 0.6, rows * 0.6)
     _grid(fig, images, rows, cols, side)
     fig.suptitle("samples from the prior")
-    _save(fig, path)
+    write_png(fig, path)
     return fig
 
 
@@ -118,9 +108,9 @@ def plot_reconstructions(model: Any, x: torch.Tensor, path: str | Path | None = 
     with torch.no_grad():
         recon = _mean(model, _posterior_means(model, x))
     images = np.concatenate([x.detach().cpu().numpy(), recon])
-    fig = _figure(len(x) * 0.7, 1.6)
+    fig = agg_figure(len(x) * 0.7, 1.6)
     _grid(fig, images, 2, len(x), side, ["input", "output"])
-    _save(fig, path)
+    write_png(fig, path)
     return fig
 
 
@@ -137,7 +127,7 @@ def plot_latent_map(model: Any, x: torch.Tensor, labels: Any = None,
         points = codes if codes.shape[1] == 2 else np.column_stack([codes[:, 0],
                                                                     np.zeros(len(codes))])
         axis = "z"
-    fig = _figure(5, 4.5)
+    fig = agg_figure(5, 4.5)
     ax = fig.add_subplot()
     if labels is None:
         ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
@@ -149,7 +139,7 @@ def plot_latent_map(model: Any, x: torch.Tensor, labels: Any = None,
     ax.set_xlabel(f"{axis} 1")
     ax.set_ylabel(f"{axis} 2")
     ax.set_title("posterior means of the code")
-    _save(fig, path)
+    write_png(fig, path)
     return fig
 
 
@@ -165,10 +155,10 @@ def plot_interpolations(model: Any, x: torch.Tensor, path: str | Path | None = N
         for p in range(pairs):
             a, b = codes[2 * p], codes[2 * p + 1]
             rows.append(_mean(model, (1 - t) * a + t * b))
-    fig = _figure(steps * 0.6, pairs * 0.65)
+    fig = agg_figure(steps * 0.6, pairs * 0.65)
     _grid(fig, np.concatenate(rows), pairs, steps, side)
     fig.suptitle("interpolations between posterior means")
-    _save(fig, path)
+    write_png(fig, path)
     return fig
 
 
@@ -183,9 +173,9 @@ def plot_cluster_samples(model: Any, path: str | Path | None = None, *, per_clus
         torch.manual_seed(seed)
         z = model.code_given_label().sample((per_cluster,))  # (S, K, L)
         images = _mean(model, z.transpose(0, 1).reshape(k * per_cluster, -1))
-    fig = _figure(per_cluster * 0.6, k * 0.6)
+    fig = agg_figure(per_cluster * 0.6, k * 0.6)
     _grid(fig, images, k, per_cluster, side, [f"y={j}" for j in range(k)])
-    _save(fig, path)
+    write_png(fig, path)
     return fig
 
 

@@ -38,7 +38,7 @@ from pyro.poutine.util import site_is_subsample
 from scipy import stats
 from tqdm.auto import tqdm
 
-from ppl_models.diagnostics.figure import new_figure
+from ppl_models._shared.figures import agg_figure, write_png
 from ppl_models.diagnostics.relabel import component_rows, permute_components
 from ppl_models.infer.result import FitResult
 from ppl_models.models import LatentModel, MixtureModel
@@ -57,7 +57,6 @@ __all__ = [
 
 #: Null simulations of the ECDF test statistic (its p-values resolve 1 / (this + 1)).
 _NUM_NULL = 2000
-_DPI = 100
 
 
 # --------------------------------------------------------------------------- uniformity tests
@@ -151,9 +150,6 @@ def ecdf_band(
 
 
 # --------------------------------------------------------------------------- the result
-def _figure(width: float, height: float) -> Figure:
-    return new_figure(width, height, dpi=_DPI)
-
 
 @dataclass(frozen=True)
 class SBCResult:
@@ -274,7 +270,7 @@ class SBCResult:
         order = np.argsort(self.table["ecdf_p_value"].to_numpy(), kind="stable")
         order = order[: max(1, int(max_scalars))]
         r, bins, ell = self.num_replicates, self.num_bins, self.num_ranks
-        fig = _figure(9.0, 2.4 * len(order))
+        fig = agg_figure(9.0, 2.4 * len(order))
         axes = fig.subplots(len(order), 2, squeeze=False)
         p_bin = bin_probabilities(ell, bins)
         low, high = stats.binom.interval(prob, r, p_bin)
@@ -304,10 +300,7 @@ class SBCResult:
         axes[-1, 1].set_xlabel("fractional rank")
         fig.suptitle(f"SBC of {self.method}: overall p = {self.p_value:.3g}", fontsize=10)
         fig.tight_layout()
-        if path is not None:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, format="png", dpi=_DPI, bbox_inches="tight")
+        write_png(fig, path)
         return fig
 
 

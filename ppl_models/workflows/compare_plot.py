@@ -2,7 +2,7 @@
 
 Drawn with the Agg renderer without ``pyplot`` (no figure stays open), as
 :mod:`ppl_models.diagnostics.plots` does, on a figure that Jupyter displays when a cell
-returns it (:mod:`ppl_models.diagnostics.figure`).
+returns it (:mod:`ppl_models._shared.figures`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from ppl_models.diagnostics.figure import new_figure
+from ppl_models._shared.figures import agg_figure, write_png
 from ppl_models.workflows.compare import METRICS, GuideComparison
 
 __all__ = ["plot_comparison"]
@@ -134,7 +134,7 @@ def plot_comparison(
     metrics = [m for m in METRICS if np.isfinite(per_seed[m].to_numpy(dtype=float)).any()]
     rows = max(1, math.ceil(len(metrics) / columns))
     height = 0.9 + 0.4 * len(guides)
-    fig = new_figure(4.6 * columns, height * rows + 0.6, dpi=100)
+    fig = agg_figure(4.6 * columns, height * rows + 0.6)
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax, key in zip(axes, metrics, strict=False):
         _panel(ax, per_seed, guides, key)
@@ -147,8 +147,5 @@ def plot_comparison(
         fontsize=10,
     )
     fig.tight_layout()
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
+    write_png(fig, path)
     return fig

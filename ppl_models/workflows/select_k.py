@@ -34,9 +34,9 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from ppl_models._arviz import az
+from ppl_models._shared.figures import agg_figure, write_png
 from ppl_models.data import check_data
 from ppl_models.diagnostics import loo, to_inference_data
-from ppl_models.diagnostics.figure import new_figure
 from ppl_models.infer import FitResult, fit_em, fit_mcmc, fit_svi
 from ppl_models.models import GaussianMixture
 from ppl_models.models.mixture import COVARIANCE_TYPES
@@ -54,7 +54,6 @@ __all__ = [
     "table_to_json",
 ]
 
-_DPI = 100
 
 
 @dataclass(frozen=True)
@@ -421,9 +420,6 @@ def _notes(k: int, caught: list[warnings.WarningMessage]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- plot
-def _figure(width: float, height: float) -> Figure:
-    return new_figure(width, height, dpi=_DPI)
-
 
 def plot_selection(table: pd.DataFrame, path: str | Path | None = None) -> Figure:
     """One panel per criterion against K, the K marked best circled in red.
@@ -450,7 +446,7 @@ def plot_selection(table: pd.DataFrame, path: str | Path | None = None) -> Figur
     if not panels:
         raise ValueError("the table has no criterion column (bic, aic, elpd_loo, elbo)")
     by_column = {spec.column: name for name, spec in CRITERIA.items()}
-    fig = _figure(4.0 * len(panels), 3.4)
+    fig = agg_figure(4.0 * len(panels), 3.4)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     ks = np.asarray(table.index, dtype=int)
     for ax, columns in zip(axes, panels, strict=True):
@@ -473,10 +469,7 @@ def plot_selection(table: pd.DataFrame, path: str | Path | None = None) -> Figur
                       else "information criterion (lower is better)")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=_DPI, bbox_inches="tight")
+    write_png(fig, path)
     return fig
 
 
