@@ -385,10 +385,11 @@ def _guide(model: Any, data: torch.Tensor, guide: str | Callable | None,
 
 def _elbo(model: Any, num_particles: int) -> Trace_ELBO | TraceEnum_ELBO:
     """``TraceEnum_ELBO`` when the model enumerates sites, ``Trace_ELBO`` otherwise."""
-    nesting = model.max_plate_nesting if isinstance(model, LatentModel) else None
+    # Undeclared (a plain Pyro callable): Pyro guesses the nesting from one traced run.
+    nesting = model.max_plate_nesting if isinstance(model, LatentModel) else math.inf
     if guides.enumerated_sites(model):
         return TraceEnum_ELBO(max_plate_nesting=nesting, num_particles=num_particles)
-    return Trace_ELBO(max_plate_nesting=nesting or math.inf, num_particles=num_particles)
+    return Trace_ELBO(max_plate_nesting=nesting, num_particles=num_particles)
 
 
 def _latent_sites(model: Any) -> tuple[str, ...]:
