@@ -20,6 +20,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoGuide, AutoLaplaceApproximation
 
 import guides
+from guides.structure import model_name
 from ppl_models.data import check_data
 from ppl_models.images import DynamicBinarizer, binarize_threshold, check_intensities
 from ppl_models.infer.checkpoint import (
@@ -363,8 +364,7 @@ class _Setup:
 
     def identity(self, **more: Any) -> dict[str, Any]:
         """What a resumed fit must share with its checkpoint beside the settings."""
-        name = getattr(self.model, "__name__", type(self.model).__name__)
-        return {"model": name, "guide": self.kind, **more}
+        return {"model": model_name(self.model), "guide": self.kind, **more}
 
 
 def _guide(model: Any, data: torch.Tensor, guide: str | Callable | None,
@@ -380,7 +380,7 @@ def _guide(model: Any, data: torch.Tensor, guide: str | Callable | None,
         options = dict(options or {})
         options.setdefault("init_loc_fn", init_strategy(initial_values(model, data, init, seed)))
         return guides.build(guide, model, **options), guide
-    return guides.build(guide, model), getattr(guide, "__name__", type(guide).__name__)
+    return guides.build(guide, model), model_name(guide)
 
 
 def _elbo(model: Any, num_particles: int) -> Trace_ELBO | TraceEnum_ELBO:
