@@ -26,7 +26,7 @@ from ppl_models.data import load
 from ppl_models.images import load_images
 from ppl_models.infer.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ppl_models.infer.svi import TrainerConfig, fit_svi
-from ppl_models.infer.trainer import STEPS, StepInputs
+from ppl_models.infer.trainer import STEPS, Callback, StepInputs
 from ppl_models.models import GaussianMixture
 from ppl_models.models.mixture_vae import MixtureOfGaussiansPrior
 from ppl_models.models.vae import VAE
@@ -284,3 +284,26 @@ def test_model_and_pyro_steps_give_the_same_loss_on_the_same_batch_and_noise(gre
     torch.manual_seed(12)  # other noise: another value (the comparison above can fail)
     assert step(x, n_obs=1500, subsample=rows) != pytest.approx(losses["pyro"], rel=1e-5)
 
+
+
+class _Patience(Callback):
+    """Stops after ``epochs`` epochs; records what it was shown."""
+
+    name = "patience"
+
+    def __init__(self, epochs):
+        self.epochs, self.seen = epochs, []
+
+    def on_epoch_end(self, epoch, history):
+        self.seen.append((epoch, list(history["elbo"])))
+        return epoch >= self.epochs
+
+
+def test_a_callback_object_plugs_into_the_trainer(grey):
+    callback = _Patience(2)
+    result = fit_svi(_vae(0), grey, callback=callback, **SETTINGS)
+    assert result.info["stopped_by"] == "patience" and result.n_iter == 2
+    assert [e for e, _ in callback.seen] == [1, 2]
+    assert callback.seen[-1][1] == result.history["elbo"]
+    with pytest.raises(ValueError, match="callback must be callable"):
+        fit_svi(_vae(0), grey, callback=3, **SETTINGS)

@@ -36,6 +36,7 @@ from ppl_models.infer.trainer import (
     OBJECTIVES,
     STEPS,
     Batches,
+    Callback,
     CheckpointWriter,
     EarlyStopping,
     ElboTerms,
@@ -88,7 +89,7 @@ def fit_svi(
     binarize: str | None = None,
     objective: str = "auto",
     time_limit: float | None = None,
-    callback: Callable[[int, History], bool | None] | None = None,
+    callback: Callable[[int, History], bool | None] | Callback | None = None,
     config: TrainerConfig | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -191,10 +192,13 @@ def fit_svi(
         (the epoch running when the limit passes is finished; the learning-rate schedule
         and KL warm-up still follow ``num_epochs``). ``info["stopped_by"]`` says what ended the fit
         (``"num_epochs"``/``"num_steps"``, ``"early_stop"``, ``"callback"``, ``"time_limit"``).
-    callback : callable, optional
+    callback : callable or Callback, optional
         Minibatch mode: ``callback(epoch, history)`` after each epoch (``epoch`` counts from
         1; ``history`` as returned below, so far), e.g. to score held-out data or keep the
-        best state; returning True stops the fit.
+        best state; returning True stops the fit. Or a
+        :class:`~ppl_models.infer.trainer.Callback`, whose ``on_epoch_end(epoch, history)``
+        is called the same way and whose ``name`` goes into ``info["stopped_by"]``. It runs
+        after the epoch's checkpoint is written.
     config : TrainerConfig, optional
         Minibatch mode with these settings, instead of ``batch_size``, ``num_epochs``,
         ``lr``, ``lr_decay``, ``kl_warmup_epochs``, ``objective``, ``num_particles``,
@@ -304,7 +308,7 @@ def _check_arguments(num_steps: Any, num_draws: Any, lr_decay: float, objective:
 def _check_mode(minibatch: bool, **minibatch_only: Any) -> None:
     """Refuse minibatch-only arguments in full-batch mode, and a callback that is not one."""
     callback = minibatch_only["callback"]
-    if callback is not None and not callable(callback):
+    if callback is not None and not (callable(callback) or isinstance(callback, Callback)):
         raise ValueError(f"callback must be callable; got {callback!r}")
     if minibatch:
         return
@@ -413,7 +417,7 @@ def _fit_full_batch(setup: _Setup, config: FullBatchConfig, checkpoint_every: in
 
 
 def _fit_minibatch(setup: _Setup, config: TrainerConfig, binarize: str | None,
-                   callback: Callable | None) -> TrainingRun:
+                   callback: Callable | Callback | None) -> TrainingRun:
     model, seed = setup.model, config.seed
     own_guide = isinstance(model, AmortizedModel) and setup.guide_fn == model.guide
     name = resolve_objective(config.objective, model, own_guide=own_guide, optim=setup.optim,
@@ -448,15 +452,15 @@ def _fit_minibatch(setup: _Setup, config: TrainerConfig, binarize: str | None,
 
 
 def _callbacks(model: Any, batches: Batches, config: TrainerConfig,
-               callback: Callable | None) -> list:
+               callback: Callable | Callback | None) -> list[Callback]:
     """Per-epoch ELBO terms, early stopping, the user's callback, the time limit, in order."""
-    callbacks: list = []
+    callbacks: list[Callback] = []
     if isinstance(model, AmortizedModel):
         callbacks.append(ElboTerms(model.elbo_terms, batches.eval_x, config.seed + 3))
     if config.early_stop:
         callbacks.append(EarlyStopping(config.window, config.min_delta))
     if callback is not None:
-        callbacks.append(UserCallback(callback))
+        callbacks.append(callback if isinstance(callback, Callback) else UserCallback(callback))
     if config.time_limit is not None:
         callbacks.append(TimeLimit(config.time_limit))
     return callbacks
