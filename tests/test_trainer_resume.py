@@ -26,7 +26,7 @@ from ppl_models.data import load
 from ppl_models.images import load_images
 from ppl_models.infer.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ppl_models.infer.svi import TrainerConfig, fit_svi
-from ppl_models.infer.trainer import STEPS, Callback, StepInputs
+from ppl_models.infer.trainer import STEPS, Callback, Step, StepInputs
 from ppl_models.models import GaussianMixture
 from ppl_models.models.mixture_vae import MixtureOfGaussiansPrior
 from ppl_models.models.vae import VAE
@@ -307,3 +307,47 @@ def test_a_callback_object_plugs_into_the_trainer(grey):
     assert callback.seen[-1][1] == result.history["elbo"]
     with pytest.raises(ValueError, match="callback must be callable"):
         fit_svi(_vae(0), grey, callback=3, **SETTINGS)
+
+
+class _TwoPlayers(Step):
+    """Encoder and decoder moved by two optimisers with two schedules: the shape of an
+    adversarial step. ``LambdaLR`` computes the rate from its own step count, so a resume
+    that lost the schedulers' state would change the numbers."""
+
+    name = "two_players"
+
+    def __init__(self, inputs: StepInputs) -> None:
+        super().__init__()
+        self.model = inputs.model
+        encoder = torch.optim.Adam(self.model.encoder.parameters(), lr=inputs.lr)
+        decoder = torch.optim.SGD(self.model.decoder.parameters(), lr=inputs.lr, momentum=0.9)
+        self.optimizers = [encoder, decoder]
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(encoder, lambda t: 1 / (1 + t)),
+                           torch.optim.lr_scheduler.LambdaLR(decoder, lambda t: 0.9**t)]
+
+    def __call__(self, x, *, n_obs, subsample):
+        terms = self.model.elbo_terms(x)
+        loss = -(terms["reconstruction"] - self.beta * terms["kl"]).sum() * n_obs / x.shape[0]
+        for optimizer in self.optimizers:
+            optimizer.zero_grad()
+        loss.backward()
+        for optimizer, scheduler in zip(self.optimizers, self.schedulers, strict=True):
+            optimizer.step()
+            scheduler.step()
+        return loss.item()
+
+
+def test_a_registered_step_with_two_optimisers_resumes_exactly(tmp_path, grey, monkeypatch):
+    monkeypatch.setitem(STEPS, "two_players", _TwoPlayers)
+    settings = {**SETTINGS, "objective": "two_players", "lr": 1e-2}
+    reference_model = _vae(0)
+    reference = fit_svi(reference_model, grey, **settings)
+    assert reference.info["objective"] == "two_players"
+    with pytest.raises(KeyboardInterrupt):
+        fit_svi(_vae(0), grey, checkpoint_dir=tmp_path, callback=_stop_after(3), **settings)
+    state = load_checkpoint(tmp_path)["optimizer_state"]
+    assert len(state["optimizers"]) == len(state["schedulers"]) == 2
+    assert state["schedulers"][1]["last_epoch"] == 3 * 5
+    model = _vae(2)
+    resumed = fit_svi(model, grey, checkpoint_dir=tmp_path, resume=True, **settings)
+    _assert_same_fit(resumed, reference, model, reference_model)

@@ -47,6 +47,7 @@ from ppl_models.infer.trainer import (
     TrainingRun,
     UserCallback,
     kl_weight,
+    objectives,
     resolve_objective,
 )
 from ppl_models.models.protocols import AmortizedModel, LatentModel
@@ -177,21 +178,23 @@ def fit_svi(
         drawn as binary pixels :math:`\mathrm{Bernoulli}(x)` afresh, in the ``DataLoader``, with
         a generator seeded from ``seed``: the transform
         :class:`ppl_models.images.DynamicBinarizer` given to the trainer.
-    objective : {"auto", "pyro", "model"}
-        What minibatch steps differentiate. ``"pyro"``: Pyro's ``Trace_ELBO`` /
-        ``TraceEnum_ELBO`` on the model and guide. ``"model"``: the model's own estimator of
-        the same ELBO, ``reconstruction - beta * KL`` from its ``elbo_terms`` (the VAE family;
-        the same plate scaling ``N / B``, the KL in closed form where PyTorch has it, the
-        GMVAE's label summed exactly), which skips Pyro's per-step tracing (the tests check it
-        against ``Trace_ELBO`` / ``TraceEnum_ELBO``). ``"auto"`` (default): ``"model"`` when
-        the guide is the model's own, the model is an ``nn.Module`` with ``elbo_terms``,
-        ``optim`` is None and ``num_particles == 1``; else ``"pyro"``. Either way, Pyro's
-        validation (when enabled) runs on the first step of each epoch only.
+    objective : {"auto", "pyro", "model"} or a step registered in ``trainer.STEPS``
+        The minibatch step strategy, i.e. what steps differentiate. ``"pyro"``: Pyro's
+        ``Trace_ELBO`` / ``TraceEnum_ELBO`` on the model and guide. ``"model"``: the model's
+        own estimator of the same ELBO, ``reconstruction - beta * KL`` from its
+        ``elbo_terms`` (the VAE family; the same plate scaling ``N / B``, the KL in closed
+        form where PyTorch has it, the GMVAE's label summed exactly), which skips Pyro's
+        per-step tracing (the tests check it against ``Trace_ELBO`` / ``TraceEnum_ELBO``).
+        ``"auto"`` (default): ``"model"`` when the guide is the model's own, the model is an
+        ``nn.Module`` with ``elbo_terms``, ``optim`` is None and ``num_particles == 1``; else
+        ``"pyro"``. Either way, Pyro's validation (when enabled) runs on the first step of
+        each epoch only.
     time_limit : float, optional
         Minibatch mode: seconds of training (in this call) after which no new epoch starts
         (the epoch running when the limit passes is finished; the learning-rate schedule
-        and KL warm-up still follow ``num_epochs``). ``info["stopped_by"]`` says what ended the fit
-        (``"num_epochs"``/``"num_steps"``, ``"early_stop"``, ``"callback"``, ``"time_limit"``).
+        and KL warm-up still follow ``num_epochs``). ``info["stopped_by"]`` says what ended
+        the fit (``"num_epochs"``/``"num_steps"``, ``"early_stop"``, ``"callback"``,
+        ``"time_limit"``).
     callback : callable or Callback, optional
         Minibatch mode: ``callback(epoch, history)`` after each epoch (``epoch`` counts from
         1; ``history`` as returned below, so far), e.g. to score held-out data or keep the
@@ -296,8 +299,8 @@ def _check_arguments(num_steps: Any, num_draws: Any, lr_decay: float, objective:
             raise ValueError(f"{name} must be {what} integer; got {value!r}")
     if not 0 < lr_decay <= 1:
         raise ValueError(f"lr_decay must be in (0, 1]; got {lr_decay}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+    if objective not in objectives():
+        raise ValueError(f"objective must be one of {objectives()}; got {objective!r}")
     if binarize not in (None, "dynamic"):
         raise ValueError(
             f"binarize must be None or 'dynamic'; got {binarize!r} (threshold at load time: "

@@ -34,6 +34,7 @@ from ppl_models.infer.trainer.steps import (
     Step,
     StepInputs,
     kl_weight,
+    objectives,
     resolve_objective,
 )
 
@@ -56,5 +57,6 @@ __all__ = [
     "TrainingRun",
     "UserCallback",
     "kl_weight",
+    "objectives",
     "resolve_objective",
 ]

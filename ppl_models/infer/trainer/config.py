@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ppl_models.infer.trainer.steps import OBJECTIVES
+from ppl_models.infer.trainer.steps import objectives
 
 __all__ = ["TrainerConfig"]
 
@@ -60,8 +60,8 @@ class TrainerConfig:
     time_limit: float | None = field(default=None, metadata=_NOT_COMPARED)
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}; got {self.objective!r}")
+        if self.objective not in objectives():
+            raise ValueError(f"objective must be one of {objectives()}; got {self.objective!r}")
         _positive_int(self.batch_size, "batch_size")
         _positive_int(self.num_epochs, "num_epochs")
         _positive_int(self.window, "window")

@@ -38,6 +38,7 @@ __all__ = [
     "Step",
     "StepInputs",
     "kl_weight",
+    "objectives",
     "resolve_objective",
 ]
 
@@ -293,8 +294,15 @@ STEPS: dict[str, Callable[[StepInputs], Step]] = {
     "model": ModelObjectiveStep.build,
 }
 
-#: What ``objective`` may name: a registered step, or ``"auto"`` (:func:`resolve_objective`).
+#: The built-in values of ``objective``: ``"auto"`` (:func:`resolve_objective`) and the steps
+#: registered here.
 OBJECTIVES = ("auto", *STEPS)
+
+
+def objectives() -> tuple[str, ...]:
+    """What ``objective`` may name now: ``"auto"`` and every step in :data:`STEPS`, including
+    those registered after import."""
+    return ("auto", *STEPS)
 
 
 def resolve_objective(
