@@ -316,7 +316,7 @@ def _check_mode(minibatch: bool, **minibatch_only: Any) -> None:
     if minibatch:
         return
     for name, value in minibatch_only.items():
-        if value not in (None, 0):
+        if value is not None and not (name == "kl_warmup_epochs" and value == 0):
             raise ValueError(f"{name} needs minibatch mode: pass batch_size or num_epochs")
 
 
