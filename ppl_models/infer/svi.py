@@ -440,14 +440,13 @@ def _fit_minibatch(setup: _Setup, config: TrainerConfig, binarize: str | None,
         latent if config.kl_warmup_epochs else (), config.lr, config.lr_decay, steps,
     ))
     trainer = Trainer(model, step, batches, config,
-                      setup.identity(objective=step.name, binarize=binarize),
-                      _callbacks(model, batches, config, callback))
+                      setup.identity(objective=step.name, binarize=binarize))
     trainer.prepare()
     directory = setup.directory
-    if directory is not None:
-        if directory.resumed is not None:
-            trainer.load_state_dict(directory.resumed, directory.file)
-        trainer.callbacks.insert(1, CheckpointWriter(directory, trainer.state_dict))
+    writer = None if directory is None else CheckpointWriter(directory, trainer.state_dict)
+    trainer.callbacks = _callbacks(model, batches, config, callback, writer)
+    if directory is not None and directory.resumed is not None:
+        trainer.load_state_dict(directory.resumed, directory.file)
     run = trainer.fit(progress=setup.progress, desc=f"SVI ({setup.kind})")
     run.info.update(binarize=binarize,
                     checkpoint=None if directory is None else str(directory.file))
@@ -455,11 +454,15 @@ def _fit_minibatch(setup: _Setup, config: TrainerConfig, binarize: str | None,
 
 
 def _callbacks(model: Any, batches: Batches, config: TrainerConfig,
-               callback: Callable | Callback | None) -> list[Callback]:
-    """Per-epoch ELBO terms, early stopping, the user's callback, the time limit, in order."""
+               callback: Callable | Callback | None,
+               writer: CheckpointWriter | None) -> list[Callback]:
+    """In order: the ELBO terms, the checkpoint (of the epoch with its terms, whatever stops
+    the fit next), early stopping, the user's callback, the time limit."""
     callbacks: list[Callback] = []
     if isinstance(model, AmortizedModel):
         callbacks.append(ElboTerms(model.elbo_terms, batches.eval_x, config.seed + 3))
+    if writer is not None:
+        callbacks.append(writer)
     if config.early_stop:
         callbacks.append(EarlyStopping(config.window, config.min_delta))
     if callback is not None:
