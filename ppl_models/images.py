@@ -22,9 +22,11 @@ Nothing is downloaded: MNIST-like files are read from the path you give.
 Binarization (``binarize``): ``"threshold"`` sets pixels above 0.5 to 1 and the rest to 0;
 ``"dynamic"`` returns the intensities and leaves the binarization to the data loader, which
 draws every pixel afresh as :math:`\mathrm{Bernoulli}(\text{intensity})` each time a batch
-is drawn (Salakhutdinov & Murray 2008; pass ``binarize="dynamic"`` to
-:func:`ppl_models.infer.fit_svi`, which applies :class:`DynamicBinarizer` with a seeded
-generator in its ``DataLoader``).
+is drawn (Salakhutdinov & Murray 2008). That is a transform of the data side,
+:class:`DynamicBinarizer` (built by :meth:`DynamicBinarizer.for_intensities`, which checks
+that the pixels lie in [0, 1]), which the minibatch trainer applies to every batch its
+``DataLoader`` draws; its generator state is part of a checkpoint, so a resumed fit draws the
+same pixels as an uninterrupted one. ``fit_svi(..., binarize="dynamic")`` builds it.
 
 References
 ----------
@@ -43,6 +45,7 @@ import struct
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -51,7 +54,9 @@ __all__ = [
     "BINARIZE",
     "IMAGE_SOURCES",
     "DynamicBinarizer",
+    "RandomTransform",
     "binarize_threshold",
+    "check_intensities",
     "load_images",
     "read_idx",
 ]
@@ -218,17 +223,57 @@ def binarize_threshold(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     return (x > threshold).to(x.dtype)
 
 
+def check_intensities(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself if every pixel lies in [0, 1] (an intensity), else a ``ValueError``."""
+    if bool(((x < 0) | (x > 1)).any()):
+        raise ValueError(
+            "binarize='dynamic' draws pixels as Bernoulli(intensity): the data must lie "
+            f"in [0, 1]; got [{float(x.min()):.4g}, {float(x.max()):.4g}]"
+        )
+    return x
+
+
+@runtime_checkable
+class RandomTransform(Protocol):
+    """A batch transform that draws random numbers from its own generator.
+
+    Its generator state is what :meth:`state_dict` returns, so a checkpoint can hold it and a
+    resumed fit draw what an uninterrupted one would.
+    """
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class DynamicBinarizer:
     r"""Draw binary pixels :math:`b \sim \mathrm{Bernoulli}(x)` afresh at each call.
 
-    Seeded by its own generator, so a fit is reproducible and the global RNG is untouched.
+    Seeded by its own generator, so a fit is reproducible and the global RNG is untouched
+    (Salakhutdinov & Murray 2008). A :class:`RandomTransform`.
     """
 
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(int(seed))
 
+    @classmethod
+    def for_intensities(cls, x: torch.Tensor, seed: int = 0) -> DynamicBinarizer:
+        """A binarizer for the intensities ``x``, refused unless they lie in [0, 1]."""
+        check_intensities(x)
+        return cls(seed)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.bernoulli(x, generator=self.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator's state (a uint8 tensor)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a state returned by :meth:`state_dict`."""
+        self.generator.set_state(state["generator"])
 
 
 # ---------------------------------------------------------------------------- entry point

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_models.images import DynamicBinarizer, load_images, read_idx
+from ppl_models.images import DynamicBinarizer, RandomTransform, load_images, read_idx
 
 MNIST_DIR = Path("/work/shared/data/mnist")
 BINARIZED = Path("/work/shared/data/binarized_mnist/binarized_mnist.npz")
@@ -81,6 +81,29 @@ def test_dynamic_binarizer_draws_bernoulli_pixels_afresh_and_reproducibly():
     intensities, _ = load_images("digits", binarize="dynamic")
     plain, _ = load_images("digits")
     assert torch.equal(intensities, plain)  # binarized later, in the data loader
+
+
+def test_dynamic_binarizer_state_continues_the_same_draws():
+    # A checkpoint keeps the generator state: a binarizer restored from it draws what the
+    # original draws next, and not what a fresh one with the same seed draws.
+    p = torch.full((200, 30), 0.5)
+    original = DynamicBinarizer(5)
+    assert isinstance(original, RandomTransform)
+    original(p)
+    saved = original.state_dict()
+    expected = original(p)
+    restored = DynamicBinarizer(99)
+    restored.load_state_dict(saved)
+    assert torch.equal(restored(p), expected)
+    assert not torch.equal(DynamicBinarizer(5)(p), expected)
+
+
+def test_dynamic_binarizer_refuses_values_outside_the_unit_interval():
+    x = torch.tensor([[0.0, 0.5, 1.0]])
+    assert isinstance(DynamicBinarizer.for_intensities(x, 1), DynamicBinarizer)
+    for bad in (x * 2, x - 0.25):
+        with pytest.raises(ValueError, match=r"must lie in \[0, 1\]; got \["):
+            DynamicBinarizer.for_intensities(bad)
 
 
 @pytest.mark.parametrize("gz", [True, False])

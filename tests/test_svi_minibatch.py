@@ -99,7 +99,7 @@ def test_checkpoint_is_written_every_epoch_and_reloads_the_networks(tmp_path, di
         assert torch.equal(fresh.encoder(digits[:5])[0], model.encoder(digits[:5])[0])
         assert torch.equal(fresh.decoder(torch.ones(2, 3)), model.decoder(torch.ones(2, 3)))
     adam = torch.optim.Adam(fresh.parameters())
-    adam.load_state_dict(loaded["optimizer_state"])
+    adam.load_state_dict(loaded["optimizer_state"]["optimizers"][0])
     assert len(adam.state) == len(list(fresh.parameters()))
     # One epoch: the checkpoint says epoch 1 (it is written at the end of each epoch).
     fit_svi(VAE(64, 3, hidden=(16,)), digits, batch_size=300, num_epochs=1,

@@ -27,8 +27,8 @@ from torch.nn import functional as F
 
 from ppl_models.images import load_images
 from ppl_models.infer.evaluation import elbo_terms, log_marginal_likelihood
-from ppl_models.infer.minibatch import _ScaleSites
 from ppl_models.infer.svi import fit_svi
+from ppl_models.infer.trainer import ScaleSites as _ScaleSites
 from ppl_models.models.mixture_vae import GMVAE, MixtureOfGaussiansPrior, VampPrior
 from ppl_models.models.vae import VAE
 

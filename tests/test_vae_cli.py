@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import math
 import os
@@ -135,13 +134,6 @@ RESUMABLE = ["fit", "vae", "--epochs", "8", "--batch-size", "10", "--latent-dim"
              "--particles", "2", "--no-plots", "--quiet", "--seed", "3"]
 
 
-def _fit_svi_has_resume() -> bool:
-    """Whether ``fit_svi`` takes ``resume`` (the trainer branch adds it)."""
-    from ppl_models.infer import fit_svi
-
-    return "resume" in inspect.signature(fit_svi).parameters
-
-
 def _command(*argv: str) -> list[str]:
     return [sys.executable, "-m", "ppl_models", *argv]
 
@@ -233,7 +225,6 @@ def _assert_same_run(expected: dict, got: dict) -> None:
         assert got["history"][key] == pytest.approx(values, rel=1e-6, abs=1e-6), key
 
 
-@pytest.mark.skipif(not _fit_svi_has_resume(), reason="needs the trainer branch")
 def test_a_killed_run_resumed_ends_as_an_uninterrupted_one(tmp_path):
     reference = tmp_path / "reference"
     done = subprocess.run(_command(*RESUMABLE, "--out", str(reference)), env=_env(),

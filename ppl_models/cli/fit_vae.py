@@ -31,7 +31,7 @@ from ppl_models.cli.arguments import (
     positive_int,
     progress_of,
 )
-from ppl_models.cli.output import Staging, output_folder
+from ppl_models.cli.output import output_folder
 
 __all__ = ["DEFAULT_DATA", "PRIORS", "add_parser", "run"]
 
@@ -130,16 +130,6 @@ def _load(source: str, likelihood: str):
     return x_train, x_test, y_test
 
 
-def _resume_options(staging: Staging) -> dict[str, bool]:
-    """``resume=True`` for :func:`fit_svi` when continuing a checkpoint.
-
-    ``overwrite`` is never needed: :func:`~ppl_models.cli.output.output_folder` has already
-    refused (or, with ``--overwrite``, cleared) a folder holding a checkpoint, so the trainer
-    starts in an empty ``checkpoint/`` unless it resumes.
-    """
-    return {"resume": True} if staging.resume else {}
-
-
 def run(args: argparse.Namespace) -> int:
     """Fit, evaluate and draw a VAE as the parsed ``fit vae`` arguments say; return 0."""
     import torch
@@ -168,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                 checkpoint_dir=staging.checkpoint_dir,
                 seed=args.seed,
                 progress=progress,
-                **_resume_options(staging),
+                resume=staging.resume,
             )
         model.eval()
         terms = elbo_terms(model, x_test, seed=args.seed)

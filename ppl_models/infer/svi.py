@@ -1,32 +1,66 @@
-"""Stochastic variational inference for any model and guide, full-batch or in minibatches."""
+"""Stochastic variational inference for any model and guide, full-batch or in minibatches.
+
+:func:`fit_svi` sets up the guide and the ELBO, then runs the full-batch step loop
+(:mod:`ppl_models.infer.full_batch`) or the minibatch trainer (:mod:`ppl_models.infer.trainer`),
+and summarises the guide's posterior into a :class:`FitResult`.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import sys
-import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pyro
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
-from tqdm.auto import tqdm
 
 import guides
+from guides.structure import model_name
 from ppl_models.data import check_data
-from ppl_models.images import binarize_threshold
-from ppl_models.infer.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ppl_models.images import DynamicBinarizer, binarize_threshold, check_intensities
+from ppl_models.infer.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointDir,
+    load_checkpoint,
+    open_checkpoint_dir,
+)
+from ppl_models.infer.full_batch import FullBatchConfig, run_full_batch
 from ppl_models.infer.init import init_strategy, initial_values
-from ppl_models.infer.minibatch import fit_minibatch, kl_weight
 from ppl_models.infer.result import FitResult
-from ppl_models.infer.stopping import check_finite, plateau
+from ppl_models.infer.trainer import (
+    OBJECTIVES,
+    STEPS,
+    Batches,
+    Callback,
+    CheckpointWriter,
+    EarlyStopping,
+    ElboTerms,
+    StepInputs,
+    TimeLimit,
+    Trainer,
+    TrainerConfig,
+    TrainingRun,
+    UserCallback,
+    kl_weight,
+    objectives,
+    resolve_objective,
+)
+from ppl_models.models.protocols import AmortizedModel, LatentModel
 
-__all__ = ["CHECKPOINT_NAME", "OBJECTIVES", "fit_svi", "kl_weight", "load_checkpoint"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "OBJECTIVES",
+    "TrainerConfig",
+    "fit_svi",
+    "kl_weight",
+    "load_checkpoint",
+]
 
-#: What minibatch steps differentiate (see ``objective`` of :func:`fit_svi`).
-OBJECTIVES = ("auto", "pyro", "model")
+History = dict[str, list[float]]
 
 
 def fit_svi(
@@ -55,7 +89,11 @@ def fit_svi(
     binarize: str | None = None,
     objective: str = "auto",
     time_limit: float | None = None,
-    callback: Callable[[int, dict[str, list[float]]], bool | None] | None = None,
+    callback: Callable[[int, History], bool | None] | Callback | None = None,
+    config: TrainerConfig | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    checkpoint_every: int = 100,
 ) -> FitResult:
     r"""Fit a model by maximising the ELBO with a swappable guide, full-batch or in minibatches.
 
@@ -66,13 +104,15 @@ def fit_svi(
 
     **Full batch** (no ``batch_size`` nor ``num_epochs``): ``num_steps`` steps on all the data.
 
-    **Minibatches** (``batch_size`` and/or ``num_epochs``): each epoch visits the data once
-    in shuffled batches from a ``torch.utils.data.DataLoader`` (seeded generator); the model
-    and guide are called as ``model(x_batch, n_obs=N, subsample=indices)`` so that their
-    ``pyro.plate("data", N, subsample=indices)`` scales the batch's terms by ``N / B`` and each
-    step's ELBO is an unbiased estimate of the full-data ELBO (Hoffman et al., 2013). Parameters
-    are updated by one ``torch.optim.Adam`` over all of them (or by ``optim`` through Pyro's
-    ``SVI``); the one synchronisation per step is reading the loss.
+    **Minibatches** (``batch_size`` and/or ``num_epochs``, or ``config``): the trainer
+    (:mod:`ppl_models.infer.trainer`) with a step strategy from its registry; each epoch
+    visits the data once in shuffled batches from a ``torch.utils.data.DataLoader`` (seeded
+    generator); the model and guide are called as ``model(x_batch, n_obs=N,
+    subsample=indices)`` so that their ``pyro.plate("data", N, subsample=indices)`` scales the
+    batch's terms by ``N / B`` and each step's ELBO is an unbiased estimate of the full-data
+    ELBO (Hoffman et al., 2013). Parameters are updated by one ``torch.optim.Adam`` over all of
+    them, its rate decayed by ``ExponentialLR`` (or by ``optim`` through Pyro's ``SVI``); the
+    one synchronisation per step is reading the loss.
 
     Parameters
     ----------
@@ -80,7 +120,8 @@ def fit_svi(
         A model object (``model(data)`` plus declared attributes) or a Pyro model callable.
     data : Tensor (N, D)
     guide : str, callable or None
-        ``None`` (default): the model's own ``guide`` if it has one (the VAE family), else
+        ``None`` (default): the model's own ``guide`` if it is an
+        :class:`~ppl_models.models.protocols.AmortizedModel` (the VAE family), else
         ``"mean_field"``. Otherwise a kind of :func:`guides.build` (``"map"``,
         ``"mean_field"``, ``"full_rank"``, ``"low_rank"``, ``"flow"``, ``"laplace"``) or a
         guide callable.
@@ -123,33 +164,59 @@ def fit_svi(
         :math:`\beta_e = \min(1, e / W)` (:func:`kl_weight`), which weights the KL term of the
         ELBO by :math:`\beta_e` and leaves the reconstruction term alone.
     checkpoint_dir : path, optional
-        After every epoch, write ``checkpoint_dir/checkpoint.pt`` (atomically replaced):
-        ``epoch``, ``model_state`` (the model's ``state_dict()`` when it is an ``nn.Module``),
-        ``param_store`` (Pyro's parameters, unconstrained), ``optimizer_state`` and ``history``:
-        tensors and plain Python values only, so ``torch.load(..., weights_only=True)``
-        reads it (:func:`load_checkpoint`).
+        Write ``checkpoint_dir/checkpoint.pt`` (atomically replaced) after every epoch
+        (minibatches) or every ``checkpoint_every`` steps and at the last one (full batch):
+        parameters (``model_state``, ``param_store``), every optimiser's and scheduler's state,
+        the RNG states (torch, python, numpy, the data loader's and the binarizer's
+        generators), ``epoch``, ``history`` and the settings; tensors and plain Python values
+        only, so ``torch.load(..., weights_only=True)`` reads it (:func:`load_checkpoint`;
+        the keys are listed in :mod:`ppl_models.infer.checkpoint`). A folder that already
+        holds a checkpoint is refused unless ``resume`` or ``overwrite`` is given.
     binarize : {None, "dynamic"}
         ``"dynamic"`` (minibatch mode): ``data`` are intensities in [0, 1] and every batch is
         drawn as binary pixels :math:`\mathrm{Bernoulli}(x)` afresh, in the ``DataLoader``, with
-        a generator seeded from ``seed`` (:class:`ppl_models.images.DynamicBinarizer`).
-    objective : {"auto", "pyro", "model"}
-        What minibatch steps differentiate. ``"pyro"``: Pyro's ``Trace_ELBO`` /
-        ``TraceEnum_ELBO`` on the model and guide. ``"model"``: the model's own estimator of
-        the same ELBO, ``reconstruction - beta * KL`` from its ``elbo_terms`` (the VAE family;
-        the same plate scaling ``N / B``, the KL in closed form where PyTorch has it, the
-        GMVAE's label summed exactly), which skips Pyro's per-step tracing (the tests check it
-        against ``Trace_ELBO`` / ``TraceEnum_ELBO``). ``"auto"`` (default): ``"model"`` when
-        the guide is the model's own, the model is an ``nn.Module`` with ``elbo_terms``,
-        ``optim`` is None and ``num_particles == 1``; else ``"pyro"``. Either way, Pyro's
-        validation (when enabled) runs on the first step of each epoch only.
+        a generator seeded from ``seed``: the transform
+        :class:`ppl_models.images.DynamicBinarizer` given to the trainer.
+    objective : {"auto", "pyro", "model"} or a step registered in ``trainer.STEPS``
+        The minibatch step strategy, i.e. what steps differentiate. ``"pyro"``: Pyro's
+        ``Trace_ELBO`` / ``TraceEnum_ELBO`` on the model and guide. ``"model"``: the model's
+        own estimator of the same ELBO, ``reconstruction - beta * KL`` from its
+        ``elbo_terms`` (the VAE family; the same plate scaling ``N / B``, the KL in closed
+        form where PyTorch has it, the GMVAE's label summed exactly), which skips Pyro's
+        per-step tracing (the tests check it against ``Trace_ELBO`` / ``TraceEnum_ELBO``).
+        ``"auto"`` (default): ``"model"`` when the guide is the model's own, the model is an
+        ``nn.Module`` with ``elbo_terms``, ``optim`` is None and ``num_particles == 1``; else
+        ``"pyro"``. Either way, Pyro's validation (when enabled) runs on the first step of
+        each epoch only.
     time_limit : float, optional
-        Minibatch mode: seconds of training after which no new epoch starts (the epoch
-        running when the limit passes is finished; the learning-rate schedule and KL warm-up
-        still follow ``num_epochs``). ``info["stopped_by"]`` says what ended the fit.
-    callback : callable, optional
+        Minibatch mode: seconds of training (in this call) after which no new epoch starts
+        (the epoch running when the limit passes is finished; the learning-rate schedule
+        and KL warm-up still follow ``num_epochs``). ``info["stopped_by"]`` says what ended
+        the fit (``"num_epochs"``/``"num_steps"``, ``"early_stop"``, ``"callback"``,
+        ``"time_limit"``).
+    callback : callable or Callback, optional
         Minibatch mode: ``callback(epoch, history)`` after each epoch (``epoch`` counts from
         1; ``history`` as returned below, so far), e.g. to score held-out data or keep the
-        best state; returning True stops the fit.
+        best state; returning True stops the fit. Or a
+        :class:`~ppl_models.infer.trainer.Callback`, whose ``on_epoch_end(epoch, history)``
+        is called the same way and whose ``name`` goes into ``info["stopped_by"]``. It runs
+        after the epoch's checkpoint is written.
+    config : TrainerConfig, optional
+        Minibatch mode with these settings, instead of ``batch_size``, ``num_epochs``,
+        ``lr``, ``lr_decay``, ``kl_warmup_epochs``, ``objective``, ``num_particles``,
+        ``early_stop``, ``window``, ``min_delta``, ``time_limit`` and ``seed`` (which must
+        then be left at their defaults).
+    resume : bool
+        Continue the fit whose checkpoint ``checkpoint_dir`` holds: parameters, optimiser
+        and learning-rate states, RNG states, epoch (or step) and history are restored, so the
+        fit ends with the numbers of an uninterrupted one with the same settings. The
+        settings must be the checkpoint's (``ValueError`` naming the first that differs;
+        ``time_limit`` may change), and so must the mode (full batch or minibatches). Without
+        a checkpoint in the folder, the fit starts afresh.
+    overwrite : bool
+        Discard a checkpoint ``checkpoint_dir`` holds and start afresh.
+    checkpoint_every : int
+        Full batch: steps between checkpoints (default 100).
 
     Returns
     -------
@@ -166,158 +233,259 @@ def fit_svi(
         ``None`` for a model without any, whose fitted networks live in the model object
         itself and in the checkpoint).
     """
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer; got {num_steps!r}")
-    if not isinstance(num_draws, int) or num_draws < 0:
-        raise ValueError(f"num_draws must be a non-negative integer; got {num_draws!r}")
+    minibatch = config is not None or batch_size is not None or num_epochs is not None
+    _check_arguments(num_steps, num_draws, lr_decay, objective, binarize, checkpoint_every)
+    _check_mode(minibatch, kl_warmup_epochs=kl_warmup_epochs, binarize=binarize,
+                time_limit=time_limit, callback=callback)
+    if (resume or overwrite) and checkpoint_dir is None:
+        raise ValueError("resume and overwrite need checkpoint_dir")
+    data = _validated(model, data, binarize)
+    seed = 0 if seed is None else int(seed)
+    if minibatch:
+        config = _trainer_config(config, data.shape[0], dict(
+            batch_size=batch_size, num_epochs=num_epochs, lr=lr, lr_decay=lr_decay,
+            kl_warmup_epochs=kl_warmup_epochs, objective=objective, num_particles=num_particles,
+            early_stop=early_stop, window=window, min_delta=min_delta, time_limit=time_limit,
+            seed=seed,
+        ))
+        seed, num_particles, window = config.seed, config.num_particles, config.window
+    directory = None
+    if checkpoint_dir is not None:
+        mode = "minibatch" if minibatch else "full_batch"
+        directory = open_checkpoint_dir(checkpoint_dir, mode=mode, resume=resume,
+                                        overwrite=overwrite)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    guide_fn, kind = _guide(model, data, guide, guide_options, init, seed)
+    setup = _Setup(model, data, guide_fn, kind, _elbo(model, num_particles), optim,
+                   sys.stderr.isatty() if progress is None else progress, directory)
+    if minibatch:
+        run = _fit_minibatch(setup, config, binarize, callback)
+        trace_args, trace_kwargs = _trace_batch(data)
+    else:
+        window = window or 100
+        full = FullBatchConfig(num_steps, 0.01 if lr is None else lr, lr_decay, num_particles,
+                               early_stop, window, min_delta, seed)
+        run = _fit_full_batch(setup, full, checkpoint_every)
+        trace_args, trace_kwargs = (data,), {}
+    guide_fn, sites, point, params, draws = _posterior_summary(
+        guide_fn, model, trace_args, trace_kwargs, num_draws
+    )
+    elbo = run.history["elbo"]
+    info = {
+        "guide": kind,
+        "elbo": float(sum(elbo[-window:]) / len(elbo[-window:])),
+        "elbo_window": min(window, len(elbo)),
+        "loss": type(setup.loss).__name__,
+        "num_particles": num_particles,
+        "point_estimate": point and bool(sites),
+        **run.info,
+    }
+    return FitResult(
+        model=model, method="svi", data=data, params=params, draws=draws, history=run.history,
+        converged=run.converged, n_iter=len(elbo), seed=seed, fit_seconds=run.fit_seconds,
+        info=info, columns=list(columns) if columns is not None else [], guide=guide_fn,
+    )
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_arguments(num_steps: Any, num_draws: Any, lr_decay: float, objective: str,
+                     binarize: str | None, checkpoint_every: Any) -> None:
+    for name, value, least in (("num_steps", num_steps, 1), ("num_draws", num_draws, 0),
+                               ("checkpoint_every", checkpoint_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            what = "a positive" if least else "a non-negative"
+            raise ValueError(f"{name} must be {what} integer; got {value!r}")
     if not 0 < lr_decay <= 1:
         raise ValueError(f"lr_decay must be in (0, 1]; got {lr_decay}")
-    minibatch = batch_size is not None or num_epochs is not None
-    if not minibatch:
-        for name, value, default in (
-            ("kl_warmup_epochs", kl_warmup_epochs, 0),
-            ("checkpoint_dir", checkpoint_dir, None),
-            ("binarize", binarize, None),
-            ("time_limit", time_limit, None),
-            ("callback", callback, None),
-        ):
-            if value != default:
-                raise ValueError(f"{name} needs minibatch mode: pass batch_size or num_epochs")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
-    if time_limit is not None and not (
-        isinstance(time_limit, (int, float)) and not isinstance(time_limit, bool)
-        and time_limit > 0
-    ):
-        raise ValueError(f"time_limit must be a positive number of seconds; got {time_limit!r}")
-    if callback is not None and not callable(callback):
-        raise ValueError(f"callback must be callable; got {callback!r}")
+    if objective not in objectives():
+        raise ValueError(f"objective must be one of {objectives()}; got {objective!r}")
     if binarize not in (None, "dynamic"):
         raise ValueError(
             f"binarize must be None or 'dynamic'; got {binarize!r} (threshold at load time: "
             "load_images(..., binarize='threshold'))"
         )
-    data = _validated(model, data, binarize)
-    seed = 0 if seed is None else int(seed)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(seed)
-    n = data.shape[0]
-    if guide is None:
-        guide = "model" if callable(getattr(model, "guide", None)) else "mean_field"
-    options = dict(guide_options or {})
-    if guide == "model":
-        if not callable(getattr(model, "guide", None)):
-            raise ValueError(f"guide='model' needs a model with its own guide; {model!r} has none")
-        guide_fn = model.guide
-        kind = f"{type(model).__name__}.guide"
-    elif isinstance(guide, str):
-        values = initial_values(model, data, init, seed)
-        options.setdefault("init_loc_fn", init_strategy(values))
-        guide_fn = guides.build(guide, model, **options)
-        kind = guide
-    else:
-        guide_fn = guides.build(guide, model)
-        kind = getattr(guide, "__name__", type(guide).__name__)
-    enumerated = tuple(getattr(model, "enumerated_sites", ()))
-    plate_nesting = getattr(model, "max_plate_nesting", None)
-    if enumerated:
-        loss = TraceEnum_ELBO(max_plate_nesting=plate_nesting, num_particles=num_particles)
-    else:
-        loss = Trace_ELBO(max_plate_nesting=plate_nesting or math.inf, num_particles=num_particles)
-    model_fn = guides.model_callable(model)
-    if progress is None:
-        progress = sys.stderr.isatty()
 
+
+def _check_mode(minibatch: bool, **minibatch_only: Any) -> None:
+    """Refuse minibatch-only arguments in full-batch mode, and a callback that is not one."""
+    callback = minibatch_only["callback"]
+    if callback is not None and not (callable(callback) or isinstance(callback, Callback)):
+        raise ValueError(f"callback must be callable; got {callback!r}")
     if minibatch:
-        run = fit_minibatch(
-            model, model_fn, guide_fn, loss, data,
-            objective=objective, own_guide=guide == "model",
-            batch_size=n if batch_size is None else batch_size,
-            num_epochs=10 if num_epochs is None else num_epochs,
-            lr=1e-3 if lr is None else lr, lr_decay=lr_decay, optim=optim,
-            kl_warmup_epochs=kl_warmup_epochs, checkpoint_dir=checkpoint_dir,
-            binarize=binarize, early_stop=early_stop, window=window or 5,
-            min_delta=min_delta, seed=seed, progress=progress, kind=kind,
-            time_limit=time_limit, callback=callback,
-        )
-        history, converged, fit_seconds, extra = run
-        trace_args, trace_kwargs = _trace_batch(data)
-        elbo_history = history["elbo"]
-        window = window or 5
-    else:
-        lr = 0.01 if lr is None else lr
-        window = window or 100
-        optimiser = optim or pyro.optim.ClippedAdam({"lr": lr, "lrd": lr_decay ** (1 / num_steps)})
-        svi = SVI(model_fn, guide_fn, optimiser, loss)
-        elbo_history: list[float] = []
-        converged = False
-        start = time.perf_counter()
-        with tqdm(total=num_steps, disable=not progress, desc=f"SVI ({kind})", leave=False) as bar:
-            for _ in range(num_steps):
-                value = svi.step(data)
-                check_finite(value, len(elbo_history) + 1)
-                elbo_history.append(-value / n)
-                bar.update(1)
-                if len(elbo_history) % 50 == 0:
-                    bar.set_postfix(elbo=f"{elbo_history[-1]:.4f}", refresh=False)
-                if early_stop and plateau(elbo_history, window, min_delta):
-                    converged = True
-                    break
-        if not early_stop:
-            converged = plateau(elbo_history, window, min_delta)
-        fit_seconds = time.perf_counter() - start
-        history = {"elbo": elbo_history}
-        trace_args, trace_kwargs = (data,), {}
-        extra = {}
+        return
+    for name, value in minibatch_only.items():
+        if value is not None and not (name == "kl_warmup_epochs" and value == 0):
+            raise ValueError(f"{name} needs minibatch mode: pass batch_size or num_epochs")
 
-    sites = list(guides.global_latent_supports(model, *trace_args, **trace_kwargs))
-    posterior = guides.fitted_posterior(guide_fn, sites, *trace_args, **trace_kwargs)
-    guide_fn = posterior.guide
-    point = posterior.is_point or num_draws == 0
-    params = posterior.point()
-    draws = posterior.draws(num_draws) if sites and not point else None
-    info = {
-        "guide": kind,
-        "elbo": float(sum(elbo_history[-window:]) / len(elbo_history[-window:])),
-        "elbo_window": min(window, len(elbo_history)),
-        "loss": type(loss).__name__,
-        "num_particles": num_particles,
-        "point_estimate": point and bool(sites),
-        **extra,
-    }
-    return FitResult(
-        model=model,
-        method="svi",
-        data=data,
-        params=params,
-        draws=draws,
-        history=history,
-        converged=converged,
-        n_iter=len(elbo_history),
-        seed=seed,
-        fit_seconds=fit_seconds,
-        info=info,
-        columns=list(columns) if columns is not None else [],
-        guide=guide_fn,
-    )
+
+#: Defaults of the keyword arguments that ``config`` replaces.
+_CONFIG_DEFAULTS = {
+    "batch_size": None, "num_epochs": None, "lr": None, "lr_decay": 0.1,
+    "kl_warmup_epochs": 0, "objective": "auto", "num_particles": 1, "early_stop": False,
+    "window": None, "min_delta": 1e-4, "time_limit": None,
+}
+
+
+def _trainer_config(config: TrainerConfig | None, n: int, given: dict[str, Any]) -> TrainerConfig:
+    """``config``, or one built from the keyword arguments (with the minibatch defaults)."""
+    if config is not None:
+        clash = [k for k, v in _CONFIG_DEFAULTS.items() if given[k] != v]
+        if given["seed"] not in (0, config.seed):
+            clash.append("seed")
+        if clash:
+            raise ValueError(f"pass either config or {clash}, not both")
+        return config
+    return TrainerConfig(**{
+        **given,
+        "batch_size": n if given["batch_size"] is None else given["batch_size"],
+        "num_epochs": 10 if given["num_epochs"] is None else given["num_epochs"],
+        "lr": 1e-3 if given["lr"] is None else given["lr"],
+        "window": given["window"] or 5,
+    })
 
 
 def _validated(model: Any, data: Any, binarize: str | None) -> torch.Tensor:
     """The model's own validation; with dynamic binarization, of a binarized copy."""
+    validate = model.validate if isinstance(model, LatentModel) else None
     if binarize == "dynamic":
-        data = check_data(data)
-        if bool(((data < 0) | (data > 1)).any()):
-            raise ValueError(
-                "binarize='dynamic' draws pixels as Bernoulli(intensity): the data must lie "
-                f"in [0, 1]; got [{float(data.min()):.4g}, {float(data.max()):.4g}]"
-            )
-        if hasattr(model, "validate"):
-            data = data.to(model.validate(binarize_threshold(data)).dtype)
-        return data
-    return model.validate(data) if hasattr(model, "validate") else data
+        data = check_intensities(check_data(data))
+        return data if validate is None else data.to(validate(binarize_threshold(data)).dtype)
+    return data if validate is None else validate(data)
+
+
+# ----------------------------------------------------------------------------- set-up
+@dataclass(frozen=True)
+class _Setup:
+    """What both modes share: the model, data, guide, loss, optimiser and output."""
+
+    model: Any
+    data: torch.Tensor
+    guide_fn: Callable
+    kind: str
+    loss: Trace_ELBO | TraceEnum_ELBO
+    optim: pyro.optim.PyroOptim | None
+    progress: bool
+    directory: CheckpointDir | None
+
+    def identity(self, **more: Any) -> dict[str, Any]:
+        """What a resumed fit must share with its checkpoint beside the settings."""
+        return {"model": model_name(self.model), "guide": self.kind, **more}
+
+
+def _guide(model: Any, data: torch.Tensor, guide: str | Callable | None,
+           options: Mapping[str, Any] | None, init: Any, seed: int) -> tuple[Callable, str]:
+    """The guide callable and its name (``guide`` of :func:`fit_svi`)."""
+    if guide is None:
+        guide = "model" if isinstance(model, AmortizedModel) else "mean_field"
+    if guide == "model":
+        if not isinstance(model, AmortizedModel):
+            raise ValueError(f"guide='model' needs a model with its own guide; {model!r} has none")
+        return model.guide, f"{type(model).__name__}.guide"
+    if isinstance(guide, str):
+        options = dict(options or {})
+        options.setdefault("init_loc_fn", init_strategy(initial_values(model, data, init, seed)))
+        return guides.build(guide, model, **options), guide
+    return guides.build(guide, model), model_name(guide)
+
+
+def _elbo(model: Any, num_particles: int) -> Trace_ELBO | TraceEnum_ELBO:
+    """``TraceEnum_ELBO`` when the model enumerates sites, ``Trace_ELBO`` otherwise."""
+    # Undeclared (a plain Pyro callable): Pyro guesses the nesting from one traced run.
+    nesting = model.max_plate_nesting if isinstance(model, LatentModel) else math.inf
+    if guides.enumerated_sites(model):
+        return TraceEnum_ELBO(max_plate_nesting=nesting, num_particles=num_particles)
+    return Trace_ELBO(max_plate_nesting=nesting, num_particles=num_particles)
+
+
+def _latent_sites(model: Any) -> tuple[str, ...]:
+    """The per-observation latent sites KL warm-up weights (continuous and enumerated)."""
+    return tuple(dict.fromkeys(
+        (*guides.declared_local_latents(model), *guides.enumerated_sites(model))
+    ))
+
+
+# ----------------------------------------------------------------------------- the two modes
+def _fit_full_batch(setup: _Setup, config: FullBatchConfig, checkpoint_every: int) -> TrainingRun:
+    optimiser = setup.optim or pyro.optim.ClippedAdam(
+        {"lr": config.lr, "lrd": config.lr_decay ** (1 / config.num_steps)}
+    )
+    svi = SVI(guides.model_callable(setup.model), setup.guide_fn, optimiser, setup.loss)
+    return run_full_batch(
+        setup.model, svi, setup.data, config, identity=setup.identity(),
+        checkpoint=setup.directory, checkpoint_every=checkpoint_every,
+        progress=setup.progress, desc=f"SVI ({setup.kind})",
+    )
+
+
+def _fit_minibatch(setup: _Setup, config: TrainerConfig, binarize: str | None,
+                   callback: Callable | Callback | None) -> TrainingRun:
+    model, seed = setup.model, config.seed
+    own_guide = isinstance(model, AmortizedModel) and setup.guide_fn == model.guide
+    name = resolve_objective(config.objective, model, own_guide=own_guide, optim=setup.optim,
+                             num_particles=config.num_particles)
+    latent = _latent_sites(model)
+    if config.kl_warmup_epochs and not latent and name == "pyro":
+        raise ValueError(
+            "kl_warmup_epochs needs a model that declares its latent sites (local_sites)"
+        )
+    dynamic = binarize == "dynamic"
+    batches = Batches(setup.data, config.batch_size, seed,
+                      transform=DynamicBinarizer(seed + 1) if dynamic else None,
+                      eval_transform=DynamicBinarizer(seed + 2) if dynamic else None)
+    steps = len(batches) * config.num_epochs
+    step = STEPS[name](StepInputs(
+        model, guides.model_callable(model), setup.guide_fn, setup.loss, setup.optim,
+        latent if config.kl_warmup_epochs else (), config.lr, config.lr_decay, steps,
+    ))
+    trainer = Trainer(model, step, batches, config,
+                      setup.identity(objective=step.name, binarize=binarize))
+    trainer.prepare()
+    directory = setup.directory
+    writer = None if directory is None else CheckpointWriter(directory, trainer.state_dict)
+    trainer.callbacks = _callbacks(model, batches, config, callback, writer)
+    if directory is not None and directory.resumed is not None:
+        trainer.load_state_dict(directory.resumed, directory.file)
+    run = trainer.fit(progress=setup.progress, desc=f"SVI ({setup.kind})")
+    run.info.update(binarize=binarize,
+                    checkpoint=None if directory is None else str(directory.file))
+    return run
+
+
+def _callbacks(model: Any, batches: Batches, config: TrainerConfig,
+               callback: Callable | Callback | None,
+               writer: CheckpointWriter | None) -> list[Callback]:
+    """In order: the ELBO terms, the checkpoint (of the epoch with its terms, whatever stops
+    the fit next), early stopping, the user's callback, the time limit."""
+    callbacks: list[Callback] = []
+    if isinstance(model, AmortizedModel):
+        callbacks.append(ElboTerms(model.elbo_terms, batches.eval_x, config.seed + 3))
+    if writer is not None:
+        callbacks.append(writer)
+    if config.early_stop:
+        callbacks.append(EarlyStopping(config.window, config.min_delta))
+    if callback is not None:
+        callbacks.append(callback if isinstance(callback, Callback) else UserCallback(callback))
+    if config.time_limit is not None:
+        callbacks.append(TimeLimit(config.time_limit))
+    return callbacks
 
 
 def _trace_batch(data: torch.Tensor) -> tuple[tuple, dict]:
     """Arguments for one cheap traced run of a minibatch model (two rows of the data)."""
     rows = torch.arange(min(2, data.shape[0]))
     return (data[rows],), {"n_obs": data.shape[0], "subsample": rows}
+
+
+# ----------------------------------------------------------------------------- posterior
+def _posterior_summary(
+    guide_fn: Callable, model: Any, trace_args: tuple, trace_kwargs: dict, num_draws: int
+) -> tuple[Callable, list[str], bool, dict[str, torch.Tensor], dict | None]:
+    """The fitted guide, the global latent sites, whether the result is a point estimate, the
+    guide's point value of each site and ``(1, num_draws, ...)`` draws (``None`` for a point);
+    each guide family reads its own posterior (:func:`guides.fitted_posterior`)."""
+    sites = list(guides.global_latent_supports(model, *trace_args, **trace_kwargs))
+    posterior = guides.fitted_posterior(guide_fn, sites, *trace_args, **trace_kwargs)
+    point = posterior.is_point or num_draws == 0
+    draws = posterior.draws(num_draws) if sites and not point else None
+    return posterior.guide, sites, point, posterior.point(), draws

@@ -1,0 +1,126 @@
+"""The step loop of full-batch SVI, with checkpoints every few steps and exact resume."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from pyro.infer import SVI
+from tqdm.auto import tqdm
+
+from ppl_models.infer.checkpoint import (
+    CheckpointDir,
+    check_config,
+    param_store_state,
+    restore_model,
+    restore_param_store,
+    rng_state,
+    set_rng_state,
+)
+from ppl_models.infer.stopping import check_finite, plateau
+from ppl_models.infer.trainer.loop import TrainingRun
+
+__all__ = ["FullBatchConfig", "run_full_batch"]
+
+
+@dataclass(frozen=True)
+class FullBatchConfig:
+    """Settings of a full-batch fit that decide its numbers (compared when resuming)."""
+
+    num_steps: int
+    lr: float
+    lr_decay: float
+    num_particles: int
+    early_stop: bool
+    window: int
+    min_delta: float
+    seed: int
+
+
+@dataclass
+class _Progress:
+    history: list[float]
+    seconds_before: float = 0.0
+    resumed_from: int | None = None
+
+
+def _state(model: Any, svi: SVI, config: dict, progress: _Progress, seed: int) -> dict:
+    return {
+        "mode": "full_batch",
+        "epoch": len(progress.history),
+        "seed": seed,
+        "config": dict(config),
+        "model_state": model.state_dict() if isinstance(model, torch.nn.Module) else {},
+        "param_store": param_store_state(),
+        "optimizer_state": {"pyro_optim": svi.optim.get_state()},
+        "rng": {"pyro": rng_state()},
+        "history": {"elbo": list(progress.history)},
+        "extra": {"fit_seconds": progress.seconds_before},
+    }
+
+
+def _resume(model: Any, svi: SVI, data: torch.Tensor, fingerprint: dict,
+            checkpoint: CheckpointDir) -> _Progress:
+    """Restore parameters, optimiser state and RNG from the checkpoint being continued."""
+    state, path = checkpoint.resumed, checkpoint.file
+    check_config(state["config"], fingerprint, path)
+    with torch.random.fork_rng(devices=[]):
+        svi.evaluate_loss(data)  # creates the guide's parameters, to be overwritten
+    restore_model(model, state["model_state"], path)
+    restore_param_store(state["param_store"], path)
+    svi.optim.set_state(state["optimizer_state"]["pyro_optim"])
+    set_rng_state(state["rng"]["pyro"])
+    seconds = float(state.get("extra", {}).get("fit_seconds", 0.0))
+    return _Progress(list(state["history"]["elbo"]), seconds, int(state["epoch"]))
+
+
+def run_full_batch(
+    model: Any,
+    svi: SVI,
+    data: torch.Tensor,
+    config: FullBatchConfig,
+    *,
+    identity: dict[str, Any],
+    checkpoint: CheckpointDir | None = None,
+    checkpoint_every: int = 100,
+    progress: bool = False,
+    desc: str = "SVI",
+) -> TrainingRun:
+    """``num_steps`` SVI steps on all of ``data``; a checkpoint every ``checkpoint_every``
+    steps and at the end when ``checkpoint`` is given (continuing the one it holds)."""
+    fingerprint = {**asdict(config), **identity}
+    run = _Progress([])
+    if checkpoint is not None and checkpoint.resumed is not None:
+        run = _resume(model, svi, data, fingerprint, checkpoint)
+    history, n = run.history, data.shape[0]
+    stopped_by = "num_steps"
+    start = time.perf_counter()
+    with tqdm(total=config.num_steps, initial=len(history), disable=not progress, desc=desc,
+              leave=False) as bar:
+        while len(history) < config.num_steps:
+            value = svi.step(data)
+            check_finite(value, len(history) + 1)
+            history.append(-value / n)
+            bar.update(1)
+            if len(history) % 50 == 0:
+                bar.set_postfix(elbo=f"{history[-1]:.4f}", refresh=False)
+            stop = config.early_stop and plateau(history, config.window, config.min_delta)
+            if stop:
+                stopped_by = "early_stop"
+            last = stop or len(history) == config.num_steps
+            if checkpoint is not None and (last or len(history) % checkpoint_every == 0):
+                run.seconds_before += time.perf_counter() - start
+                start = time.perf_counter()
+                checkpoint.save(_state(model, svi, fingerprint, run, config.seed))
+            if stop:
+                break
+    converged = plateau(history, config.window, config.min_delta)
+    if config.early_stop:
+        converged = stopped_by == "early_stop"
+    info = {"stopped_by": stopped_by, "resumed_from": run.resumed_from}
+    if checkpoint is not None:
+        info["checkpoint"] = str(checkpoint.file)
+    return TrainingRun({"elbo": history}, converged, run.seconds_before + time.perf_counter()
+                       - start, info)

@@ -1,0 +1,62 @@
+"""The minibatch trainer: a configuration value, a step strategy from a registry, callbacks.
+
+================== ==============================================================================
+module             job
+================== ==============================================================================
+``config``         :class:`TrainerConfig`, the frozen settings (checked on resume)
+``steps``          :class:`Step` and the registry :data:`STEPS` (Pyro's ELBO, the model's own)
+``batches``        :class:`Batches`: seeded shuffled minibatches, transform, evaluation batch
+``callbacks``      early stopping, ELBO terms, checkpoints, the time limit, a user's function
+``loop``           :class:`Trainer`: the epoch loop and its state for exact resume
+================== ==============================================================================
+
+A new training scheme (an adversarial game with several optimisers) is a new entry in
+:data:`STEPS`, not a new loop.
+"""
+
+from ppl_models.infer.trainer.batches import Batches
+from ppl_models.infer.trainer.callbacks import (
+    Callback,
+    CheckpointWriter,
+    EarlyStopping,
+    ElboTerms,
+    TimeLimit,
+    UserCallback,
+)
+from ppl_models.infer.trainer.config import TrainerConfig
+from ppl_models.infer.trainer.loop import Trainer, TrainingRun
+from ppl_models.infer.trainer.steps import (
+    OBJECTIVES,
+    STEPS,
+    ModelObjectiveStep,
+    PyroStep,
+    ScaleSites,
+    Step,
+    StepInputs,
+    kl_weight,
+    objectives,
+    resolve_objective,
+)
+
+__all__ = [
+    "OBJECTIVES",
+    "STEPS",
+    "Batches",
+    "Callback",
+    "CheckpointWriter",
+    "EarlyStopping",
+    "ElboTerms",
+    "ModelObjectiveStep",
+    "PyroStep",
+    "ScaleSites",
+    "Step",
+    "StepInputs",
+    "TimeLimit",
+    "Trainer",
+    "TrainerConfig",
+    "TrainingRun",
+    "UserCallback",
+    "kl_weight",
+    "objectives",
+    "resolve_objective",
+]

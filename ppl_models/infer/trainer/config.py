@@ -1,0 +1,85 @@
+"""The configuration value of the minibatch trainer: what decides a fit's numbers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ppl_models.infer.trainer.steps import objectives
+
+__all__ = ["TrainerConfig"]
+
+_NOT_COMPARED = {"compare": False}
+
+
+def _positive_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    r"""Settings of a minibatch fit (see :func:`ppl_models.infer.fit_svi` for their meaning).
+
+    Attributes
+    ----------
+    batch_size : int
+        Rows per step (clipped to the number of rows).
+    num_epochs : int
+        Passes over the data.
+    lr, lr_decay : float
+        Adam's initial learning rate, decayed geometrically (``ExponentialLR`` every step) to
+        ``lr * lr_decay`` at the last step of ``num_epochs``.
+    kl_warmup_epochs : int
+        KL weight :math:`\beta_e = \min(1, e / W)` in epoch ``e`` (0-based).
+    objective : {"auto", "pyro", "model"} or a name in ``STEPS``
+        The step strategy.
+    num_particles : int
+        Monte-Carlo particles per ELBO estimate (the ``"pyro"`` step).
+    early_stop, window, min_delta
+        Stop when the mean ELBO of the last ``window`` epochs rose by less than ``min_delta``
+        over the ``window`` before.
+    seed : int
+        Seeds the data order, the binarization, the evaluation batch and Pyro's RNG.
+    time_limit : float or None
+        Seconds of training (of this session) after which no new epoch starts. Not compared
+        when resuming: a time-limited run may be continued with another limit.
+    """
+
+    batch_size: int
+    num_epochs: int = 10
+    lr: float = 1e-3
+    lr_decay: float = 0.1
+    kl_warmup_epochs: int = 0
+    objective: str = "auto"
+    num_particles: int = 1
+    early_stop: bool = False
+    window: int = 5
+    min_delta: float = 1e-4
+    seed: int = 0
+    time_limit: float | None = field(default=None, metadata=_NOT_COMPARED)
+
+    def __post_init__(self) -> None:
+        if self.objective not in objectives():
+            raise ValueError(f"objective must be one of {objectives()}; got {self.objective!r}")
+        _positive_int(self.batch_size, "batch_size")
+        _positive_int(self.num_epochs, "num_epochs")
+        _positive_int(self.window, "window")
+        _positive_int(self.num_particles, "num_particles")
+        warmup = self.kl_warmup_epochs
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"kl_warmup_epochs must be a non-negative integer; got {warmup!r}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1]; got {self.lr_decay}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or self.lr < 0:
+            raise ValueError(f"lr must be a non-negative number; got {self.lr!r}")
+        limit = self.time_limit
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0
+        ):
+            raise ValueError(f"time_limit must be a positive number of seconds; got {limit!r}")
+
+    def compared(self) -> dict[str, Any]:
+        """The fields a resumed fit must share with its checkpoint, as plain values."""
+        values = asdict(self)
+        return {f.name: values[f.name] for f in fields(self) if f.metadata.get("compare", True)}
