@@ -1,6 +1,7 @@
 """ppl-models: latent-variable models in Pyro, fitted by EM, SVI and NUTS, read with ArviZ.
 
-The flow is one-way: ``data -> models -> guides -> infer -> diagnostics -> cli``.
+The flow is one-way: ``data -> models -> guides -> infer -> diagnostics -> workflows -> cli``
+(``tests/test_layering.py`` holds the map and fails on an import against it).
 scikit-learn's vocabulary (``fit``/``predict_proba``/``score``/``bic``, for pipelines and grid
 searches) is in :mod:`ppl_models.sklearn`: ``from ppl_models.sklearn import GaussianMixture``.
 """
