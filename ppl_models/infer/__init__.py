@@ -6,9 +6,11 @@ from ppl_models.infer.evaluation import elbo_terms, log_marginal_likelihood
 from ppl_models.infer.mcmc import fit_mcmc
 from ppl_models.infer.result import FitResult
 from ppl_models.infer.svi import fit_svi, load_checkpoint
+from ppl_models.infer.trainer import TrainerConfig
 
 __all__ = [
     "FitResult",
+    "TrainerConfig",
     "elbo_terms",
     "fit_em",
     "fit_mcmc",
