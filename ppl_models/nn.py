@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ppl_models._shared.checks import check_int
+
 __all__ = [
     "ACTIVATIONS",
     "ARCHITECTURES",
@@ -74,9 +76,7 @@ def _activation(name: str) -> nn.Module:
 
 def _hidden(hidden: Sequence[int] | int) -> tuple[int, ...]:
     hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
-    if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-        raise ValueError(f"hidden must hold positive layer widths; got {hidden!r}")
-    return hidden
+    return tuple(check_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
 
 
 def _mlp(in_dim: int, hidden: tuple[int, ...], activation: str) -> nn.Sequential:

@@ -194,7 +194,7 @@ def test_split_is_a_seeded_partition_of_the_rows():
     assert torch.equal(split_data(x, 0.25, seed=3)[1], test)
     assert not torch.equal(split_data(x, 0.25, seed=4)[1], test)
     assert split_data(x, 0.0)[1].shape == (0, 2)
-    with pytest.raises(ValueError, match=r"holdout must be a fraction in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"holdout must be a number in \[0, 1\)"):
         split_data(x, 1.0)
 
 
@@ -339,10 +339,11 @@ def test_a_reference_fitted_on_other_data_is_refused(reference_fit):
         ({"guides": ["meanfield"]}, r"unknown guide kind 'meanfield'.*mean_field"),
         ({"guides": ["map", "map"]}, "guide names must be unique"),
         ({"guides": "map"}, "non-empty list"),
-        ({"seeds": 0}, "seeds must be a positive count"),
+        ({"seeds": 0}, "seeds must be a positive integer; got 0"),
+        ({"seeds": [0, 1.5]}, r"seeds\[1\] must be a non-negative integer; got 1.5"),
         ({"seeds": [1, 1]}, "seeds must be distinct"),
-        ({"holdout": 1.5}, r"holdout must be a fraction"),
-        ({"num_particles": 5}, "num_particles must be an integer of at least 10"),
+        ({"holdout": 1.5}, r"holdout must be a number in \[0, 1\); got 1.5"),
+        ({"num_particles": 5}, "num_particles must be an integer of at least 10; got 5"),
         ({"reference": "advi"}, "reference must be 'nuts', None or a FitResult"),
         ({"svi_options": {"seed": 3}}, r"svi_options may not set \['seed'\]"),
     ],

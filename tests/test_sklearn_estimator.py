@@ -192,7 +192,7 @@ def test_settings_are_validated_in_fit():
         GaussianMixture(method="gibbs").fit(x)
     with pytest.raises(ValueError, match="covariance_type"):
         GaussianMixture(covariance_type="tied").fit(x)
-    with pytest.raises(ValueError, match="n_components must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"n_components must be a positive integer; got True"):
         GaussianMixture(True).fit(x)
     with pytest.raises(ValueError, match="needs means_init"):
         GaussianMixture(2, weights_init=[0.5, 0.5]).fit(x)

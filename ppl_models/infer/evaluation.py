@@ -24,12 +24,13 @@ Burda, Y., Grosse, R. & Salakhutdinov, R. (2016). Importance weighted autoencode
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from ppl_models._shared.checks import check_int
+from ppl_models._shared.progress import show_progress
 from ppl_models.data import check_data
 from ppl_models.infer.result import FitResult
 from ppl_models.models import AmortizedModel, ImportanceWeighted, LatentModel
@@ -46,12 +47,6 @@ def _model_and_data(result: Any, data: Any, role: type, hook: str) -> tuple[Any,
         )
     data = model.validate(data) if isinstance(model, LatentModel) else check_data(data)
     return model, data
-
-
-def _positive(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return value
 
 
 def log_marginal_likelihood(
@@ -97,12 +92,11 @@ def log_marginal_likelihood(
     float or Tensor (N,)
         The bound per data point, in nats: their mean, or each of them.
     """
-    k = _positive(num_particles, "num_particles")
-    batch_size = _positive(batch_size, "batch_size")
-    particle_batch = _positive(particle_batch, "particle_batch")
+    k = check_int(num_particles, "num_particles")
+    batch_size = check_int(batch_size, "batch_size")
+    particle_batch = check_int(particle_batch, "particle_batch")
     model, data = _model_and_data(result, data, ImportanceWeighted, "log_importance_weights")
-    if progress is None:
-        progress = sys.stderr.isatty()
+    progress = show_progress(progress)
     bounds = []
     starts = range(0, data.shape[0], batch_size)
     with torch.no_grad(), torch.random.fork_rng(devices=[], enabled=seed is not None):
@@ -132,7 +126,7 @@ def elbo_terms(
     ``reconstruction`` and ``kl``, for a GMVAE ``reconstruction``, ``kl_z`` and ``kl_y``
     (label summed exactly). ``elbo`` is the reconstruction minus the KL terms.
     """
-    batch_size = _positive(batch_size, "batch_size")
+    batch_size = check_int(batch_size, "batch_size")
     model, data = _model_and_data(result, data, AmortizedModel, "elbo_terms")
     sums: dict[str, float] = {}
     with torch.no_grad(), torch.random.fork_rng(devices=[], enabled=seed is not None):

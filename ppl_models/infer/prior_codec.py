@@ -14,6 +14,7 @@ from typing import Any
 import pyro.distributions as dist
 import torch
 
+from ppl_models._shared.checks import check_int
 from ppl_models.models.registry import PRIOR_DISTRIBUTIONS
 
 __all__ = ["decode_priors", "encode_priors"]
@@ -117,9 +118,7 @@ def decode_priors(described: Any, tensors: Any) -> dict[str, Any]:
             prior = _build(cls, args)
             event_dims = spec.get("event_dims")
             if event_dims is not None:
-                if isinstance(event_dims, bool) or not isinstance(event_dims, int):
-                    raise ValueError(f"event_dims must be an integer; got {event_dims!r}")
-                prior = prior.to_event(event_dims)
+                prior = prior.to_event(check_int(event_dims, "event_dims", minimum=0))
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ValueError(f"model.priors['{site}']: {name} refuses its values ({exc})") from None
         priors[site] = prior

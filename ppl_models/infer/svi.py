@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,8 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 
 import guides
 from guides.structure import model_name
+from ppl_models._shared.checks import check_choice, check_float, check_int
+from ppl_models._shared.progress import show_progress
 from ppl_models.data import check_data
 from ppl_models.images import DynamicBinarizer, binarize_threshold, check_intensities
 from ppl_models.infer.checkpoint import (
@@ -258,7 +259,7 @@ def fit_svi(
     pyro.set_rng_seed(seed)
     guide_fn, kind = _guide(model, data, guide, guide_options, init, seed)
     setup = _Setup(model, data, guide_fn, kind, _elbo(model, num_particles), optim,
-                   sys.stderr.isatty() if progress is None else progress, directory)
+                   show_progress(progress), directory)
     if minibatch:
         run = _fit_minibatch(setup, config, binarize, callback)
         trace_args, trace_kwargs = _trace_batch(data)
@@ -293,13 +294,9 @@ def _check_arguments(num_steps: Any, num_draws: Any, lr_decay: float, objective:
                      binarize: str | None, checkpoint_every: Any) -> None:
     for name, value, least in (("num_steps", num_steps, 1), ("num_draws", num_draws, 0),
                                ("checkpoint_every", checkpoint_every, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            what = "a positive" if least else "a non-negative"
-            raise ValueError(f"{name} must be {what} integer; got {value!r}")
-    if not 0 < lr_decay <= 1:
-        raise ValueError(f"lr_decay must be in (0, 1]; got {lr_decay}")
-    if objective not in objectives():
-        raise ValueError(f"objective must be one of {objectives()}; got {objective!r}")
+        check_int(value, name, minimum=least)
+    check_float(lr_decay, "lr_decay", minimum=0, maximum=1, strict_minimum=True)
+    check_choice(objective, "objective", objectives())
     if binarize not in (None, "dynamic"):
         raise ValueError(
             f"binarize must be None or 'dynamic'; got {binarize!r} (threshold at load time: "

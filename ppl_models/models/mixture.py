@@ -19,6 +19,7 @@ from pyro import poutine
 from pyro.infer import infer_discrete
 from torch.distributions import constraints
 
+from ppl_models._shared.checks import check_choice, check_int
 from ppl_models.data import check_data
 from ppl_models.models.protocols import LatentModel, MixtureModel
 from ppl_models.priors import PriorSpec, SiteSpec, check_priors
@@ -83,15 +84,10 @@ class FiniteMixture(LatentModel, MixtureModel):
         covariance_type: str = "full",
         priors: Mapping[str, PriorSpec] | None = None,
     ) -> None:
-        if isinstance(n_components, bool) or not isinstance(n_components, int | torch.SymInt):
-            raise ValueError(f"n_components must be an integer; got {n_components!r}")
-        if n_components < 1:
-            raise ValueError(f"n_components must be at least 1; got {n_components}")
-        if covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(
-                f"covariance_type must be one of {COVARIANCE_TYPES}; got {covariance_type!r}"
-            )
-        self.n_components = int(n_components)
+        if isinstance(n_components, torch.SymInt):  # a traced size is an integer too
+            n_components = int(n_components)
+        self.n_components = check_int(n_components, "n_components")
+        check_choice(covariance_type, "covariance_type", COVARIANCE_TYPES)
         self.covariance_type = covariance_type
         priors = dict(priors or {})
         if "corr_chol" in priors and covariance_type != "full":

@@ -32,8 +32,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ppl_models._shared.checks import check_int
 from ppl_models.models.protocols import LabelledAmortized
-from ppl_models.models.vae import LATENT_PRIORS, VAE, LatentPrior, _positive_int
+from ppl_models.models.vae import LATENT_PRIORS, VAE, LatentPrior
 from ppl_models.nn import make_classifier, make_encoder
 
 __all__ = ["GMVAE", "DiagonalNormalMixture", "MixtureOfGaussiansPrior", "VampPrior"]
@@ -110,7 +111,7 @@ class MixtureOfGaussiansPrior(LatentPrior):
 
     def __init__(self, n_components: int = 10, *, learn_weights: bool = True) -> None:
         super().__init__()
-        self.n_components = _positive_int(n_components, "n_components")
+        self.n_components = check_int(n_components, "n_components")
         self.learn_weights = bool(learn_weights)
 
     def build(self, latent_dim: int, input_dim: int, domain: str) -> None:
@@ -154,7 +155,7 @@ class VampPrior(LatentPrior):
 
     def __init__(self, n_pseudo: int = 50) -> None:
         super().__init__()
-        self.n_pseudo = _positive_int(n_pseudo, "n_pseudo")
+        self.n_pseudo = check_int(n_pseudo, "n_pseudo")
         self.domain = "real"
 
     def build(self, latent_dim: int, input_dim: int, domain: str) -> None:
@@ -234,7 +235,7 @@ class GMVAE(VAE, LabelledAmortized):
         activation: str = "relu",
         obs_scale: float | None = None,
     ) -> None:
-        self.n_clusters = _positive_int(n_clusters, "n_clusters")
+        self.n_clusters = check_int(n_clusters, "n_clusters")
         self.conditional_encoder = bool(conditional_encoder)
         super().__init__(
             input_dim,

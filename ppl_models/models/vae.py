@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.distributions import constraints, kl_divergence
 
+from ppl_models._shared.checks import check_float, check_int
 from ppl_models.data import check_data
 from ppl_models.models.protocols import AmortizedModel, LatentModel
 from ppl_models.nn import make_decoder, make_encoder
@@ -148,9 +149,8 @@ class GaussianLikelihood(Likelihood):
         if scale is None:
             self.log_scale = nn.Parameter(torch.zeros(()))
         else:
-            if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
-                raise ValueError(f"obs_scale must be a positive number or None; got {scale!r}")
-            self.register_buffer("fixed_scale", torch.tensor(float(scale)))
+            scale = check_float(scale, "obs_scale", minimum=0, strict_minimum=True)
+            self.register_buffer("fixed_scale", torch.tensor(scale))
 
     @property
     def scale(self) -> torch.Tensor:
@@ -276,12 +276,6 @@ def _resolve_prior(prior: str | LatentPrior | dist.Distribution | None) -> Laten
     return DistributionPrior(prior)
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)
-
-
 # ---------------------------------------------------------------------------- the model
 class VAE(nn.Module, LatentModel, AmortizedModel):
     r"""Variational autoencoder (Kingma & Welling 2014; Rezende et al. 2014).
@@ -348,8 +342,8 @@ class VAE(nn.Module, LatentModel, AmortizedModel):
         obs_scale: float | None = None,
     ) -> None:
         super().__init__()
-        self.input_dim = _positive_int(input_dim, "input_dim")
-        self.latent_dim = _positive_int(latent_dim, "latent_dim")
+        self.input_dim = check_int(input_dim, "input_dim")
+        self.latent_dim = check_int(latent_dim, "latent_dim")
         if likelihood not in LIKELIHOODS:
             raise ValueError(
                 f"unknown likelihood {likelihood!r}; choose one of {sorted(LIKELIHOODS)}"

@@ -22,7 +22,6 @@ the drivers and the diagnostics.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,9 @@ from pyro.poutine.util import site_is_subsample
 from scipy import stats
 from tqdm.auto import tqdm
 
+from ppl_models._shared.checks import check_float, check_int
 from ppl_models._shared.figures import agg_figure, write_png
+from ppl_models._shared.progress import show_progress
 from ppl_models.diagnostics.relabel import component_rows, permute_components
 from ppl_models.infer.result import FitResult
 from ppl_models.models import LatentModel, MixtureModel
@@ -265,8 +266,7 @@ class SBCResult:
         max_scalars : int
             Rows drawn at most (the scalars with the smallest ECDF p-values first).
         """
-        if not 0 < prob < 1:
-            raise ValueError(f"prob must be in (0, 1); got {prob}")
+        check_float(prob, "prob", minimum=0, maximum=1, strict_minimum=True, strict_maximum=True)
         order = np.argsort(self.table["ecdf_p_value"].to_numpy(), kind="stable")
         order = order[: max(1, int(max_scalars))]
         r, bins, ell = self.num_replicates, self.num_bins, self.num_ranks
@@ -514,21 +514,15 @@ def simulation_based_calibration(
         ("n_obs", n_obs, 1),
         ("n_features", n_features, 1),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
-    if num_ranks is not None and (
-        isinstance(num_ranks, bool) or not isinstance(num_ranks, int) or num_ranks < 1
-    ):
-        raise ValueError(f"num_ranks must be a positive integer or None; got {num_ranks!r}")
-    if num_bins is not None and (
-        isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2
-    ):
-        raise ValueError(f"num_bins must be an integer >= 2 or None; got {num_bins!r}")
+        check_int(value, name, minimum=low)
+    if num_ranks is not None:
+        check_int(num_ranks, "num_ranks")
+    if num_bins is not None:
+        check_int(num_bins, "num_bins", minimum=2)
     if not callable(fit):
         raise ValueError(f"fit must be a callable fit(model, data, seed=...); got {fit!r}")
     latent = check_data_independent_priors(model, n_obs, n_features)
-    if progress is None:
-        progress = sys.stderr.isatty()
+    progress = show_progress(progress)
     children = np.random.SeedSequence(int(seed)).spawn(num_replicates)
     start = time.perf_counter()
     rows, truths, kept = [], [], set()

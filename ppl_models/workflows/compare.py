@@ -20,17 +20,19 @@ comes from the guide family itself (:func:`guides.fitted_posterior`, through ``f
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyro
 import torch
 from tqdm.auto import tqdm
 
 from guides import KINDS as GUIDE_KINDS
+from ppl_models._shared.checks import check_float, check_int
+from ppl_models._shared.jsonsafe import jsonable
 from ppl_models.data import check_data
 from ppl_models.infer import fit_mcmc, fit_svi
 from ppl_models.infer.result import FitResult
@@ -137,7 +139,7 @@ class GuideComparison:
                 "converged": bool(self.reference.converged),
             }
         table = self.table.reset_index()
-        return json_safe(
+        return jsonable(
             {
                 "settings": self.settings,
                 "metrics": {k: {"label": m.label, "better": m.better} for k, m in METRICS.items()},
@@ -149,22 +151,16 @@ class GuideComparison:
         )
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` made JSON-ready: NumPy scalars and tensors as Python numbers and lists,
-    non-finite floats as ``None``, other objects as their ``repr``."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, torch.Tensor | np.ndarray):
-        value = value.tolist()
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return repr(value)
+def _options_json(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` made JSON-ready by :func:`jsonable`; a value it cannot hold (a callable
+    ``init``, an optimiser) is recorded as its ``repr``."""
+    ready = {}
+    for key, value in options.items():
+        try:
+            ready[str(key)] = jsonable(value)
+        except TypeError:
+            ready[str(key)] = repr(value)
+    return ready
 
 
 def split_data(
@@ -184,8 +180,7 @@ def split_data(
     train, test : Tensor
         ``test`` has no rows when ``holdout`` is 0. Rows keep their original order.
     """
-    if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 <= holdout < 1:
-        raise ValueError(f"holdout must be a fraction in [0, 1); got {holdout!r}")
+    holdout = check_float(holdout, "holdout", minimum=0, maximum=1, strict_maximum=True)
     n = data.shape[0]
     n_test = round(holdout * n)
     if n - n_test < 2:
@@ -219,21 +214,14 @@ def _check_guides(kinds: Sequence[str | Callable]) -> list[str]:
 
 
 def _check_seeds(seeds: int | Sequence[int]) -> list[int]:
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        if seeds < 1:
-            raise ValueError(f"seeds must be a positive count or a list of seeds; got {seeds}")
-        return list(range(seeds))
-    values = list(seeds)
-    if not values or not all(isinstance(s, int) and not isinstance(s, bool) for s in values):
-        raise ValueError(f"seeds must be a positive count or a list of integers; got {seeds!r}")
+    if isinstance(seeds, numbers.Integral):
+        return list(range(check_int(seeds, "seeds")))
+    values = [check_int(s, f"seeds[{i}]", minimum=0) for i, s in enumerate(seeds)]
+    if not values:
+        raise ValueError("seeds must be a positive count or a non-empty list of seeds; got []")
     if len(set(values)) != len(values):
         raise ValueError(f"seeds must be distinct; got {values}")
     return values
-
-
-def _check_count(name: str, value: Any, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{name} must be an integer of at least {least}; got {value!r}")
 
 
 def _fit_reference(
@@ -448,9 +436,9 @@ def compare_guides(
     """
     names = _check_guides(guides)
     seed_list = _check_seeds(seeds)
-    _check_count("num_steps", num_steps, 1)
-    _check_count("num_particles", num_particles, 10)
-    _check_count("num_draws", num_draws, 2)
+    check_int(num_steps, "num_steps")
+    check_int(num_particles, "num_particles", minimum=10)
+    check_int(num_draws, "num_draws", minimum=2)
     options = _own_options("svi_options", svi_options, {})
     nuts = _own_options(
         "nuts_options",
@@ -494,8 +482,8 @@ def compare_guides(
         "n_test": int(test.shape[0]),
         "num_particles": num_particles,
         "num_draws": num_draws,
-        "nuts": json_safe(nuts) if isinstance(reference, str) else None,
-        "svi_options": json_safe(options),
+        "nuts": _options_json(nuts) if isinstance(reference, str) else None,
+        "svi_options": _options_json(options),
         "model": repr(model),
     }
     return GuideComparison(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import warnings
 from typing import Any
 
@@ -26,6 +25,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ppl_models._shared.checks import check_choice, check_float, check_int
 from ppl_models.diagnostics.memberships import (
     membership_probabilities,
     relabelled_point_and_draws,
@@ -186,29 +186,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ validation
     def _check_settings(self) -> None:
-        _check_int("n_components", self.n_components, 1)
-        if self.covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(
-                f"covariance_type must be one of {COVARIANCE_TYPES}; got {self.covariance_type!r}"
-            )
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}; got {self.method!r}")
+        check_int(self.n_components, "n_components")
+        check_choice(self.covariance_type, "covariance_type", COVARIANCE_TYPES)
+        check_choice(self.method, "method", METHODS)
         for name in ("tol", "reg_covar"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, numbers.Real)
-                or not value >= 0
-                or not math.isfinite(value)
-            ):
-                raise ValueError(f"{name} must be a non-negative number; got {value!r}")
+            check_float(getattr(self, name), name, minimum=0)
         for name, low in (
             ("max_iter", 1), ("n_init", 1), ("num_steps", 1), ("num_draws", 0),
             ("num_samples", 1), ("warmup_steps", 0), ("num_chains", 1),
         ):
-            _check_int(name, getattr(self, name), low)
-        if self.init_params not in INIT_PARAMS:
-            raise ValueError(f"init_params must be one of {INIT_PARAMS}; got {self.init_params!r}")
+            check_int(getattr(self, name), name, minimum=low)
+        check_choice(self.init_params, "init_params", INIT_PARAMS)
         if not isinstance(self.guide, str):
             raise ValueError(f"guide must be the name of a guide kind; got {self.guide!r}")
         defaults = type(self)().get_params()
@@ -423,10 +411,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             The component of each row (rows are grouped by component, as scikit-learn).
         """
         check_is_fitted(self)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or (
-            n_samples < 1
-        ):
-            raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}")
+        n_samples = check_int(n_samples, "n_samples")
         rng = check_random_state(self.random_state)
         counts = rng.multinomial(n_samples, self.weights_)
         d = self.means_.shape[1]
@@ -445,11 +430,6 @@ _RULES = {
     "svi": "ELBO plateau",
     "nuts": "split R-hat below 1.05 over at least two chains",
 }
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
 
 
 def _array(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:

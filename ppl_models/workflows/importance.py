@@ -36,6 +36,7 @@ from pyro.infer.importance import vectorized_importance_weights
 
 import guides
 from ppl_models._arviz import az
+from ppl_models._shared.checks import check_int
 from ppl_models.models import CollapsedLikelihood, FiniteMixture, LatentModel
 
 __all__ = [
@@ -143,8 +144,7 @@ def importance_log_weights(
         For fewer than 2 particles, or a model with enumerated sites and no way to sum them
         out (neither the finite-mixture hooks nor ``marginal_model``).
     """
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 2:
-        raise ValueError(f"num_particles must be an integer of at least 2; got {num_particles!r}")
+    num_particles = check_int(num_particles, "num_particles", minimum=2)
     joint = vectorized_marginal_joint(model)
     with torch.no_grad():
         if joint is not None:

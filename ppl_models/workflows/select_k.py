@@ -19,7 +19,6 @@ It is a *workflow*: it calls the drivers and the diagnostics, which never call e
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,7 +33,10 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from ppl_models._arviz import az
+from ppl_models._shared.checks import check_int
 from ppl_models._shared.figures import agg_figure, write_png
+from ppl_models._shared.jsonsafe import jsonable
+from ppl_models._shared.progress import show_progress
 from ppl_models.data import check_data
 from ppl_models.diagnostics import loo, to_inference_data
 from ppl_models.infer import FitResult, fit_em, fit_mcmc, fit_svi
@@ -139,10 +141,7 @@ def check_ks(ks: Sequence[int], n_obs: int | None = None) -> list[int]:
     if not ks:
         raise ValueError("ks is empty: give at least one number of components")
     for k in ks:
-        if isinstance(k, bool) or not isinstance(k, int | np.integer):
-            raise ValueError(f"ks must be whole numbers; got {k!r}")
-        if k < 1:
-            raise ValueError(f"every K must be at least 1; got {k}")
+        check_int(k, "every K in ks")
     repeated = sorted({int(k) for k in ks if ks.count(k) > 1})
     if repeated:
         raise ValueError(f"ks lists K={repeated} more than once")
@@ -315,8 +314,7 @@ def select_components(
     # fit_svi/fit_mcmc fail on float64 data for K=1 (the fixed K=1 weight is float32), so the
     # posterior fits run in the default dtype; EM runs in float64 either way.
     posterior_data = data.to(torch.get_default_dtype())
-    if progress is None:
-        progress = sys.stderr.isatty()
+    progress = show_progress(progress)
     start = time.perf_counter()
     rows: dict[int, dict[str, float | int]] = {}
     loos: dict[int, az.ELPDData] = {}
@@ -475,21 +473,5 @@ def plot_selection(table: pd.DataFrame, path: str | Path | None = None) -> Figur
 
 def table_to_json(table: pd.DataFrame) -> dict[str, Any]:
     """The table and its attrs as JSON-safe Python values (NaN and inf become ``None``)."""
-
-    def safe(value: Any) -> Any:
-        if isinstance(value, bool | np.bool_):
-            return bool(value)
-        if isinstance(value, int | np.integer):
-            return int(value)
-        if isinstance(value, float | np.floating):
-            return float(value) if math.isfinite(value) else None
-        if isinstance(value, dict):
-            return {str(k): safe(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [safe(v) for v in value]
-        return value
-
-    rows = {
-        str(k): {col: safe(v) for col, v in row.items()} for k, row in table.iterrows()
-    }
-    return {**{key: safe(v) for key, v in table.attrs.items()}, "table": rows}
+    rows = {str(k): dict(row.items()) for k, row in table.iterrows()}
+    return jsonable({**table.attrs, "table": rows})

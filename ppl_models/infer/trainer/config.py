@@ -5,16 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ppl_models._shared.checks import check_float, check_int
 from ppl_models.infer.trainer.steps import objectives
 
 __all__ = ["TrainerConfig"]
 
 _NOT_COMPARED = {"compare": False}
-
-
-def _positive_int(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -62,22 +58,15 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.objective not in objectives():
             raise ValueError(f"objective must be one of {objectives()}; got {self.objective!r}")
-        _positive_int(self.batch_size, "batch_size")
-        _positive_int(self.num_epochs, "num_epochs")
-        _positive_int(self.window, "window")
-        _positive_int(self.num_particles, "num_particles")
-        warmup = self.kl_warmup_epochs
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ValueError(f"kl_warmup_epochs must be a non-negative integer; got {warmup!r}")
-        if not 0 < self.lr_decay <= 1:
-            raise ValueError(f"lr_decay must be in (0, 1]; got {self.lr_decay}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or self.lr < 0:
-            raise ValueError(f"lr must be a non-negative number; got {self.lr!r}")
-        limit = self.time_limit
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0
-        ):
-            raise ValueError(f"time_limit must be a positive number of seconds; got {limit!r}")
+        check_int(self.batch_size, "batch_size")
+        check_int(self.num_epochs, "num_epochs")
+        check_int(self.window, "window")
+        check_int(self.num_particles, "num_particles")
+        check_int(self.kl_warmup_epochs, "kl_warmup_epochs", minimum=0)
+        check_float(self.lr_decay, "lr_decay", minimum=0, maximum=1, strict_minimum=True)
+        check_float(self.lr, "lr", minimum=0)
+        if self.time_limit is not None:
+            check_float(self.time_limit, "time_limit", minimum=0, strict_minimum=True)
 
     def compared(self) -> dict[str, Any]:
         """The fields a resumed fit must share with its checkpoint, as plain values."""
