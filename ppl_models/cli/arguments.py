@@ -86,7 +86,8 @@ def add_data_options(parser: argparse.ArgumentParser, *, default: str | None = "
     )
     parser.add_argument("--columns", metavar="A,B",
                         help="comma-separated columns to use (default: all)")
-    parser.add_argument("--standardize", action="store_true", help="centre and scale each column")
+    parser.add_argument("--standardize", action="store_true",
+                        help="centre and scale each column (default: off)")
 
 
 def columns_of(args: argparse.Namespace) -> list[str] | None:
@@ -108,15 +109,17 @@ def add_output_options(
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--overwrite", action="store_true",
-        help="start again even though --out holds the checkpoint of an earlier run",
+        help="start again even though --out holds the checkpoint of an earlier run "
+        "(default: off)",
     )
     if resumable:
         group.add_argument(
             "--resume", action="store_true",
             help="continue the run whose checkpoint is in --out (or was left by an "
-            "interrupted run) with the same numbers as an uninterrupted run",
+            "interrupted run) with the same numbers as an uninterrupted run (default: off)",
         )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar, no estimate, no summary (default: off)")
 
 
 def progress_of(args: argparse.Namespace) -> bool:

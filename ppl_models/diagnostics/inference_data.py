@@ -116,6 +116,8 @@ def _posterior_attrs(result: FitResult, relabelled: Relabelled) -> dict[str, Any
         if safe is not None:
             attrs.setdefault(key, safe)
     for key, value in result.info.items():
+        if key == "sample_stats":  # its own group
+            continue
         safe = _json_attr(value)
         if safe is not None:
             attrs.setdefault(key, safe)
@@ -172,6 +174,22 @@ def _posterior_predictive(
     return out, index
 
 
+def _sample_stats(result: FitResult) -> dict[str, np.ndarray] | None:
+    """NUTS's per-draw statistics as ``(chain, draw)`` arrays (``diverging`` as booleans),
+    or ``None`` when the fit recorded none or they do not match the draws."""
+    stats = result.info.get("sample_stats")
+    if result.draws is None or not isinstance(stats, Mapping) or not stats:
+        return None
+    batch = tuple(next(iter(result.draws.values())).shape[:2])
+    out: dict[str, np.ndarray] = {}
+    for name, values in stats.items():
+        array = np.asarray(values, dtype=float)
+        if array.shape != batch:
+            return None
+        out[str(name)] = array.astype(bool) if name == "diverging" else array
+    return out
+
+
 def to_inference_data(
     result: FitResult,
     *,
@@ -215,6 +233,10 @@ def to_inference_data(
           :math:`\\log p(x_n \\mid \\theta)` with the cluster label summed out (not the
           complete-data likelihood), which is what LOO/WAIC need.
         - ``observed_data``: ``x`` ``(obs, feature)``.
+        - ``sample_stats`` (NUTS only): ``diverging``, ``energy``, ``tree_depth``,
+          ``step_size``, ``acceptance_rate``, each ``(chain, draw)``, from
+          ``result.info["sample_stats"]`` (:func:`ppl_models.infer.fit_mcmc`); enough for
+          ``az.bfmi``, ``az.plot_energy`` and divergence overlays.
 
         Dims are the model's (``model.dims()``). Coordinates: ``feature`` and
         ``feature_bis`` (the column names, else ``x0``..), ``obs`` (0..N-1), ``component``
@@ -253,6 +275,9 @@ def to_inference_data(
     groups: dict[str, Any] = {"posterior": posterior, "observed_data": observed}
     if log_likelihood:
         groups["log_likelihood"] = {model.observed_site: _log_likelihood(model, data, full)}
+    stats = _sample_stats(result)
+    if stats is not None:
+        groups["sample_stats"] = stats
     index = None
     if num_predictive > 0:
         simulated, index = _posterior_predictive(result, latent, num_predictive, seed)
