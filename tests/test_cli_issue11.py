@@ -92,22 +92,33 @@ def test_assignments_match_scikit_learn_on_old_faithful(tmp_path):
     assert math.isclose(metrics["aic"], reference.aic(x.double().numpy()), rel_tol=1e-5)
 
 
-def _fit_gmm_parser():
+def _subparsers(parser):
+    return next(a for a in parser._actions if a.dest in ("command", "model")).choices
+
+
+def _parser(*names):
     parser = build_parser()
-    fit = next(a for a in parser._actions if a.dest == "command").choices["fit"]
-    return next(a for a in fit._actions if a.dest == "model").choices["gmm"]
+    for name in names:
+        parser = _subparsers(parser)[name]
+    return parser
 
 
-def test_help_shows_every_default():
-    parser = _fit_gmm_parser()
+@pytest.mark.parametrize("names", [("fit", "gmm"), ("fit", "student_t_mixture"),
+                                   ("fit", "vae"), ("compare-guides",), ("select-k",)])
+def test_help_shows_every_default(names):
+    parser = _parser(*names)
+    text = parser.format_help()
     for action in parser._actions:
         if action.dest == "help" or not action.option_strings:
             continue
         assert "default" in (action.help or ""), action.option_strings
-        if action.dest in METHOD_OPTIONS:
+        if names[-1] == "gmm" and action.dest in METHOD_OPTIONS:
             assert f"default {METHOD_OPTIONS[action.dest][2]}" in action.help
-        elif action.default not in (None, False):
-            assert str(action.default) in action.help, action.option_strings
+        elif isinstance(action.default, int | float | str) and action.default is not False:
+            shown = f"{action.default:g}" if isinstance(action.default, float) else str(
+                action.default)
+            assert shown in parser._get_formatter()._expand_help(action), action.option_strings
+    assert "%(default)" not in text
 
 
 def test_method_option_defaults_are_the_python_api_defaults():

@@ -22,6 +22,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "progress_of",
+    "show_defaults",
 ]
 
 
@@ -126,3 +127,20 @@ def progress_of(args: argparse.Namespace) -> bool:
     """Whether to draw progress bars: never with ``--quiet``, else when standard error is a
     terminal."""
     return show_progress(False if args.quiet else None)
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Append its default to the help of every option of ``parser`` whose help does not
+    state one (``--help`` shows every default); returns ``parser``."""
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        text = action.help or ""
+        if "default" in text:
+            continue
+        if action.default is None or action.default is False:
+            suffix = "(default: off)" if action.default is False else "(default: none)"
+        else:
+            suffix = "(default %(default)s)"
+        action.help = f"{text} {suffix}".strip()
+    return parser

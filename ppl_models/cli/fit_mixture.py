@@ -23,6 +23,7 @@ from ppl_models.cli.arguments import (
     positive_float,
     positive_int,
     progress_of,
+    show_defaults,
 )
 
 __all__ = ["DRIVERS", "MODEL_OPTIONS", "add_parser", "metrics", "mixture_names", "run"]
@@ -189,7 +190,7 @@ def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
                         help="skip the PNG plots (default: plots are written)")
     add_output_options(parser, default=f"runs/{name}-METHOD")
     parser.set_defaults(run=run, model=name)
-    return parser
+    return show_defaults(parser)
 
 
 def build_model(args: argparse.Namespace) -> Any:

@@ -31,6 +31,7 @@ from ppl_models.cli.arguments import (
     positive_float,
     positive_int,
     progress_of,
+    show_defaults,
 )
 from ppl_models.cli.output import output_folder
 
@@ -119,7 +120,7 @@ def add_parser(subparsers: Any, name: str = "vae") -> argparse.ArgumentParser:
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     add_output_options(parser, default="runs/vae-PRIOR", resumable=True)
     parser.set_defaults(run=run, model=name)
-    return parser
+    return show_defaults(parser)
 
 
 def _load(source: str, likelihood: str):
