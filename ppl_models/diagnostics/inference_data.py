@@ -190,10 +190,36 @@ def _sample_stats(result: FitResult) -> dict[str, np.ndarray] | None:
     return out
 
 
+def _prior_draws(
+    model: LatentModel, data: torch.Tensor, sites: list[str], num: int, seed: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``num`` draws of the global ``sites`` from the model's priors, each ``(1, num, ...)``,
+    and as many data sets like ``data`` simulated from them, ``(1, num, N, D)``: one run of
+    the model with its observed site drawn afresh (:func:`pyro.poutine.uncondition`) per
+    draw."""
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in sites}
+    simulated = []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for _ in range(num):
+            trace = poutine.trace(poutine.uncondition(model.model)).get_trace(data)
+            for name in sites:
+                draws[name].append(_numpy(trace.nodes[name]["value"]))
+            simulated.append(_numpy(trace.nodes[model.observed_site]["value"]))
+    prior = {name: np.stack(values)[None] for name, values in draws.items()}
+    return prior, np.stack(simulated)[None]
+
+
+def _per_feature(site: str, values: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """``site`` split by its last (feature) axis: ``{f"{site}_{name}": values[..., j]}``."""
+    return {f"{site}_{name}": values[..., j] for j, name in enumerate(names)}
+
+
 def to_inference_data(
     result: FitResult,
     *,
     num_predictive: int = 200,
+    num_prior: int = 100,
     seed: int = 0,
     log_likelihood: bool = True,
 ) -> az.InferenceData:
@@ -213,6 +239,9 @@ def to_inference_data(
         replicates). ``0`` leaves out the group.
     seed : int
         Seed of the simulation (the global torch RNG is restored afterwards).
+    num_prior : int
+        Draws from the priors for the ``prior`` and ``prior_predictive`` groups (``0``
+        leaves them out).
     log_likelihood : bool
         Whether to evaluate the ``log_likelihood`` group (``chain * draw * N`` densities;
         summaries and plots do without it).
@@ -228,7 +257,13 @@ def to_inference_data(
           is 0/1). ``attrs`` also carry ``method``, the model's configuration and the
           JSON-able entries of ``result.info`` (BIC, AIC, ...; lists and dicts as JSON
           strings).
-        - ``posterior_predictive``: ``x`` ``(chain, draw, obs, feature)``.
+        - ``posterior_predictive``: ``x`` ``(chain, draw, obs, feature)``, and one variable
+          per feature, ``x_<feature>`` ``(chain, draw, obs)`` (also in ``observed_data``), so
+          ``az.plot_ppc(idata, var_names=[...])`` draws one density per feature instead of
+          pooling them.
+        - ``prior`` and ``prior_predictive``: ``num_prior`` draws of the global sites from
+          their priors (one chain) and a data set of the data's shape simulated from each
+          (``x`` and ``x_<feature>`` as above), for prior predictive checks.
         - ``log_likelihood``: ``x`` ``(chain, draw, obs)``, the pointwise
           :math:`\\log p(x_n \\mid \\theta)` with the cluster label summed out (not the
           complete-data likelihood), which is what LOO/WAIC need.
@@ -271,7 +306,9 @@ def to_inference_data(
     if isinstance(model, MixtureModel):
         coords["component"] = np.arange(model.n_components)
     dims = {name: list(value) for name, value in model.dims().items()}
-    observed = {model.observed_site: _numpy(data)}
+    site = model.observed_site
+    observed = {site: _numpy(data), **_per_feature(site, _numpy(data), names)}
+    dims.update({f"{site}_{name}": ["obs"] for name in names})
     groups: dict[str, Any] = {"posterior": posterior, "observed_data": observed}
     if log_likelihood:
         groups["log_likelihood"] = {model.observed_site: _log_likelihood(model, data, full)}
@@ -281,7 +318,15 @@ def to_inference_data(
     index = None
     if num_predictive > 0:
         simulated, index = _posterior_predictive(result, latent, num_predictive, seed)
-        groups["posterior_predictive"] = {model.observed_site: simulated}
+        groups["posterior_predictive"] = {site: simulated,
+                                          **_per_feature(site, simulated, names)}
+    if num_prior < 0:
+        raise ValueError(f"num_prior must be non-negative; got {num_prior}")
+    if num_prior > 0:
+        prior, prior_data = _prior_draws(model, data, list(latent), num_prior, seed)
+        groups["prior"] = prior
+        groups["prior_predictive"] = {site: prior_data,
+                                      **_per_feature(site, prior_data, names)}
     with warnings.catch_warnings():
         # ArviZ guesses from shapes whether (chain, draw) were swapped; ours are laid out
         # explicitly, and few predictive draws over several chains are intended.
