@@ -59,6 +59,23 @@ def test_nuts_file_has_sample_stats_for_arviz(nuts_run):
     plt.close("all")
 
 
+def test_nuts_file_summary_has_no_nan_rows(nuts_run):
+    idata = az.from_netcdf(str(nuts_run / "inference_data.nc"))
+    table = az.summary(idata)
+    assert not table.isna().any().any(), table[table.isna().any(axis=1)]
+    # The correlation Cholesky keeps its two varying entries per component (D = 2): L[1, 0]
+    # is the correlation, read independently from the covariances, and L[1, 1] its
+    # sqrt(1 - rho^2); the unit L[0, 0] and zero L[0, 1] are left out.
+    corr = idata.posterior["corr_chol"]
+    assert corr.dims == ("chain", "draw", "component", "corr_chol_entry")
+    assert corr.coords["corr_chol_entry"].values.tolist() == ["waiting,eruptions",
+                                                                "waiting,waiting"]
+    cov = idata.posterior["covariances"].values
+    rho = cov[..., 1, 0] / np.sqrt(cov[..., 0, 0] * cov[..., 1, 1])
+    np.testing.assert_allclose(corr.values[..., 0], rho, atol=1e-6)
+    np.testing.assert_allclose(corr.values[..., 1], np.sqrt(1 - rho**2), atol=1e-6)
+
+
 def test_nuts_metrics_have_bic_aic_waic_loo(nuts_run):
     metrics = json.loads((nuts_run / "metrics.json").read_text())
     for key in ("bic", "aic", "waic", "loo", "p_waic", "p_loo"):

@@ -210,6 +210,41 @@ def _prior_draws(
     return prior, np.stack(simulated)[None]
 
 
+def _drop_constant_entries(
+    posterior: dict[str, np.ndarray], dims: dict[str, list[str]], coords: dict[str, Any]
+) -> None:
+    """Leave out, in place, the entries of a draws' variable that never vary (the unit
+    diagonal and zero upper triangle of a correlation Cholesky factor), so that summaries
+    (``az.summary``) have no NaN R-hat rows.
+
+    A variable ``name`` with such entries keeps its leading ``component`` dim, if any; its
+    other dims are stacked into one, ``name_entry``, holding only the entries that vary in
+    some component, labelled by their coordinates (``"waiting,eruptions"``)."""
+    for name in list(posterior):
+        values = posterior[name]
+        names = list(dims.get(name, []))
+        if values.ndim < 3 or len(names) != values.ndim - 2:
+            continue
+        keep = 1 if names and names[0] == "component" else 0
+        rest = values.shape[2 + keep:]
+        if not rest:
+            continue
+        flat = values.reshape(*values.shape[: 2 + keep], -1)
+        varying = np.ptp(flat, axis=(0, 1)) > 0
+        if keep:
+            varying = varying.any(axis=0)
+        if varying.all() or not varying.any():
+            continue
+        grids = [np.asarray(coords[d]) if d in coords else np.arange(n)
+                 for d, n in zip(names[keep:], rest, strict=True)]
+        labels = [",".join(str(g[i]) for g, i in zip(grids, index, strict=True))
+                  for index in np.ndindex(*rest)]
+        entry = f"{name}_entry"
+        posterior[name] = flat[..., varying]
+        dims[name] = [*names[:keep], entry]
+        coords[entry] = [label for label, v in zip(labels, varying, strict=True) if v]
+
+
 def _per_feature(site: str, values: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
     """``site`` split by its last (feature) axis: ``{f"{site}_{name}": values[..., j]}``."""
     return {f"{site}_{name}": values[..., j] for j, name in enumerate(names)}
@@ -252,6 +287,10 @@ def to_inference_data(
         - ``posterior``: every latent global site, components relabelled to a canonical order
           (:func:`~ppl_models.diagnostics.relabel.relabel_result`), and the model's derived
           quantities (a mixture's ``covariances`` ``(component, feature, feature_bis)``).
+          With draws, entries that never vary (a correlation Cholesky factor's unit diagonal
+          and zero upper triangle) are left out: such a variable keeps its ``component``
+          dim and stacks the others into ``<name>_entry`` (coordinates like
+          ``"waiting,eruptions"``), so ``az.summary`` has no NaN rows.
           For EM: one chain of one draw holding the point estimate, with
           ``attrs["point_estimate"] = 1`` (netCDF has no booleans: every flag in the attrs
           is 0/1). ``attrs`` also carry ``method``, the model's configuration and the
@@ -309,6 +348,8 @@ def to_inference_data(
     site = model.observed_site
     observed = {site: _numpy(data), **_per_feature(site, _numpy(data), names)}
     dims.update({f"{site}_{name}": ["obs"] for name in names})
+    if result.draws is not None:
+        _drop_constant_entries(posterior, dims, coords)
     groups: dict[str, Any] = {"posterior": posterior, "observed_data": observed}
     if log_likelihood:
         groups["log_likelihood"] = {model.observed_site: _log_likelihood(model, data, full)}
