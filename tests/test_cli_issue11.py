@@ -68,8 +68,8 @@ def test_nuts_file_summary_has_no_nan_rows(nuts_run):
     # sqrt(1 - rho^2); the unit L[0, 0] and zero L[0, 1] are left out.
     corr = idata.posterior["corr_chol"]
     assert corr.dims == ("chain", "draw", "component", "corr_chol_entry")
-    assert corr.coords["corr_chol_entry"].values.tolist() == ["waiting,eruptions",
-                                                                "waiting,waiting"]
+    assert corr.coords["corr_chol_entry"].values.tolist() == ["waiting, eruptions",
+                                                                "waiting, waiting"]
     cov = idata.posterior["covariances"].values
     rho = cov[..., 1, 0] / np.sqrt(cov[..., 0, 0] * cov[..., 1, 1])
     np.testing.assert_allclose(corr.values[..., 0], rho, atol=1e-6)

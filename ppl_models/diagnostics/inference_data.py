@@ -219,7 +219,8 @@ def _drop_constant_entries(
 
     A variable ``name`` with such entries keeps its leading ``component`` dim, if any; its
     other dims are stacked into one, ``name_entry``, holding only the entries that vary in
-    some component, labelled by their coordinates (``"waiting,eruptions"``)."""
+    some component, labelled by their coordinates (``"waiting, eruptions"``, so summary rows read
+    ``corr_chol[0, waiting, eruptions]`` as before)."""
     for name in list(posterior):
         values = posterior[name]
         names = list(dims.get(name, []))
@@ -237,7 +238,7 @@ def _drop_constant_entries(
             continue
         grids = [np.asarray(coords[d]) if d in coords else np.arange(n)
                  for d, n in zip(names[keep:], rest, strict=True)]
-        labels = [",".join(str(g[i]) for g, i in zip(grids, index, strict=True))
+        labels = [", ".join(str(g[i]) for g, i in zip(grids, index, strict=True))
                   for index in np.ndindex(*rest)]
         entry = f"{name}_entry"
         posterior[name] = flat[..., varying]
@@ -290,7 +291,7 @@ def to_inference_data(
           With draws, entries that never vary (a correlation Cholesky factor's unit diagonal
           and zero upper triangle) are left out: such a variable keeps its ``component``
           dim and stacks the others into ``<name>_entry`` (coordinates like
-          ``"waiting,eruptions"``), so ``az.summary`` has no NaN rows.
+          ``"waiting, eruptions"``), so ``az.summary`` has no NaN rows.
           For EM: one chain of one draw holding the point estimate, with
           ``attrs["point_estimate"] = 1`` (netCDF has no booleans: every flag in the attrs
           is 0/1). ``attrs`` also carry ``method``, the model's configuration and the
