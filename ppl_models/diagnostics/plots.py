@@ -459,7 +459,7 @@ def save_plots(
         written.append(out / "objective.png")
     if result.draws is not None:
         if idata is None:
-            idata = to_inference_data(result, num_predictive=0, log_likelihood=False)
+            idata = to_inference_data(result, num_predictive=0, num_prior=0, log_likelihood=False)
         plot_trace(idata, out / "trace.png")
         written.append(out / "trace.png")
         plot_posterior(idata, out / "posterior.png")
