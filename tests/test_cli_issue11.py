@@ -249,3 +249,14 @@ def test_mixture_plot_names_the_features_it_shows(tmp_path, capsys):
 
     figure = plot_mixture(FitResult.load(tmp_path / "o" / "fit"))
     assert "showing u and v of 3 features" in figure.axes[0].get_title()
+
+
+def test_saved_nuts_fit_round_trips_its_sample_stats(nuts_run):
+    from ppl_models.diagnostics import to_inference_data
+    from ppl_models.infer.result import FitResult
+
+    saved = az.from_netcdf(str(nuts_run / "inference_data.nc"))
+    again = to_inference_data(FitResult.load(nuts_run / "fit"), num_predictive=0, num_prior=0)
+    for name in saved.sample_stats.data_vars:
+        np.testing.assert_array_equal(again.sample_stats[name].values,
+                                      saved.sample_stats[name].values)
