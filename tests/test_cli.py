@@ -52,8 +52,8 @@ def test_console_script_runs_with_no_options(tmp_path):
 
 @pytest.mark.parametrize(
     ("method", "extra"),
-    [("svi", ["--steps", "30", "--guide", "mean_field"]),
-     ("nuts", ["--steps", "10", "--warmup", "10", "--chains", "2"])],
+    [("svi", ["--num-steps", "30", "--guide", "mean_field"]),
+     ("nuts", ["--num-samples", "10", "--warmup", "10", "--chains", "2"])],
 )
 def test_fit_with_other_methods(tmp_path, method, extra):
     out = tmp_path / method

@@ -272,6 +272,8 @@ def test_groups_dims_and_coords(fake, fake_idata, faithful) -> None:
         "posterior_predictive",
         "log_likelihood",
         "observed_data",
+        "prior",
+        "prior_predictive",
     }
     post = idata.posterior
     assert list(post.coords["component"].values) == [0, 1, 2]
@@ -280,7 +282,8 @@ def test_groups_dims_and_coords(fake, fake_idata, faithful) -> None:
     assert post["weights"].dims == ("chain", "draw", "component")
     assert post["locs"].dims == ("chain", "draw", "component", "feature")
     assert post["scale"].dims == ("chain", "draw", "component", "feature")
-    assert post["corr_chol"].dims == ("chain", "draw", "component", "feature", "feature_bis")
+    # the constant unit diagonal and zero upper triangle are left out of draws
+    assert post["corr_chol"].dims == ("chain", "draw", "component", "corr_chol_entry")
     assert post["covariances"].dims == ("chain", "draw", "component", "feature", "feature_bis")
     assert post.sizes["chain"] == N_CHAINS and post.sizes["draw"] == N_DRAWS
     assert idata.log_likelihood["x"].dims == ("chain", "draw", "obs")

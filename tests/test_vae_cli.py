@@ -75,7 +75,8 @@ def test_fit_vae_on_digits_writes_metrics_checkpoint_and_plots(tmp_path, capsys,
         m = cluster_confusion(assign_clusters(model, x_test), y_test)
         assert m.max() / m.sum() - 1e-12 <= accuracy <= m.max(1).sum() / m.sum() + 1e-12
 
-    pngs = {"prior_samples.png", "reconstructions.png", "latent_map.png", "interpolations.png"}
+    pngs = {"prior_samples.png", "reconstructions.png", "latent_map.png", "interpolations.png",
+            "training_curve.png"}
     if prior == "gmvae":
         pngs.add("cluster_samples.png")
     assert {p.name for p in out.glob("*.png")} == pngs

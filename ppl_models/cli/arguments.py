@@ -22,6 +22,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "progress_of",
+    "show_defaults",
 ]
 
 
@@ -86,7 +87,8 @@ def add_data_options(parser: argparse.ArgumentParser, *, default: str | None = "
     )
     parser.add_argument("--columns", metavar="A,B",
                         help="comma-separated columns to use (default: all)")
-    parser.add_argument("--standardize", action="store_true", help="centre and scale each column")
+    parser.add_argument("--standardize", action="store_true",
+                        help="centre and scale each column (default: off)")
 
 
 def columns_of(args: argparse.Namespace) -> list[str] | None:
@@ -108,18 +110,37 @@ def add_output_options(
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--overwrite", action="store_true",
-        help="start again even though --out holds the checkpoint of an earlier run",
+        help="start again even though --out holds the checkpoint of an earlier run "
+        "(default: off)",
     )
     if resumable:
         group.add_argument(
             "--resume", action="store_true",
             help="continue the run whose checkpoint is in --out (or was left by an "
-            "interrupted run) with the same numbers as an uninterrupted run",
+            "interrupted run) with the same numbers as an uninterrupted run (default: off)",
         )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar, no estimate, no summary (default: off)")
 
 
 def progress_of(args: argparse.Namespace) -> bool:
     """Whether to draw progress bars: never with ``--quiet``, else when standard error is a
     terminal."""
     return show_progress(False if args.quiet else None)
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Append its default to the help of every option of ``parser`` whose help does not
+    state one (``--help`` shows every default); returns ``parser``."""
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        text = action.help or ""
+        if "default" in text:
+            continue
+        if action.default is None or action.default is False:
+            suffix = "(default: off)" if action.default is False else "(default: none)"
+        else:
+            suffix = "(default %(default)s)"
+        action.help = f"{text} {suffix}".strip()
+    return parser

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from ppl_models.cli.arguments import (
     non_negative_int,
     positive_int,
     progress_of,
+    show_defaults,
 )
 
 __all__ = ["add_subcommand", "run"]
@@ -109,7 +111,7 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--chains", metavar="N", type=positive_int, default=2, help="NUTS chains")
     add_output_options(parser, default="runs/MODEL-compare")
     parser.set_defaults(run=run)
-    return parser
+    return show_defaults(parser)
 
 
 def _build_model(args: argparse.Namespace):
@@ -133,6 +135,13 @@ def run(args: argparse.Namespace) -> int:
     from ppl_models.workflows.compare_plot import plot_comparison
 
     out = args.out or Path("runs") / f"{args.model}-compare"
+    if not args.quiet:
+        kinds = [g.strip() for g in args.guides.split(",") if g.strip()]
+        n_seeds = args.seeds if isinstance(args.seeds, int) else len(args.seeds)
+        nuts = (f"a NUTS reference of {args.chains} chain(s) x ({args.nuts_warmup} warm-up + "
+                f"{args.nuts_samples} draws), then " if args.nuts_samples > 0 else "")
+        print(f"ppl-models: {nuts}{len(kinds) * n_seeds} SVI fits ({len(kinds)} guides x "
+              f"{n_seeds} seeds) of {args.steps} steps each", file=sys.stderr)
     with output_folder(out, need_bytes=NEED_BYTES, overwrite=args.overwrite) as staging:
         data, names = load(args.data, columns=columns_of(args), standardize=args.standardize)
         kinds = [g.strip() for g in args.guides.split(",") if g.strip()]

@@ -23,6 +23,7 @@ from ppl_models.cli.arguments import (
     positive_float,
     positive_int,
     progress_of,
+    show_defaults,
 )
 
 __all__ = ["DRIVERS", "MODEL_OPTIONS", "add_parser", "metrics", "mixture_names", "run"]
@@ -39,26 +40,70 @@ def mixture_names() -> list[str]:
     return sorted(MIXTURES)
 
 
+#: Method-specific options: ``dest`` -> (option, the methods it applies to, default). Their
+#: defaults are the Python API's (:func:`~ppl_models.infer.fit_em`,
+#: :func:`~ppl_models.infer.fit_svi`, :func:`~ppl_models.infer.fit_mcmc`); an option given
+#: with another method is refused (:func:`check_applicable`).
+METHOD_OPTIONS: dict[str, tuple[str, tuple[str, ...], Any]] = {
+    "max_iter": ("--max-iter", ("em",), 100),
+    "n_init": ("--n-init", ("em",), 1),
+    "num_steps": ("--num-steps", ("svi",), 2000),
+    "guide": ("--guide", ("svi",), "mean_field"),
+    "num_samples": ("--num-samples", ("nuts",), 500),
+    "warmup": ("--warmup", ("nuts",), 500),
+    "chains": ("--chains", ("nuts",), 2),
+}
+
+
+def check_applicable(args: argparse.Namespace) -> None:
+    """Refuse (``ValueError``, one line, exit status 2) a method option given with a method
+    it does not apply to; fill in the defaults of the others."""
+    for dest, (option, methods, default) in METHOD_OPTIONS.items():
+        value = getattr(args, dest)
+        if value is None:
+            setattr(args, dest, default)
+        elif args.method not in methods:
+            raise ValueError(
+                f"{option} applies to --method {'/'.join(methods)} only, not {args.method}"
+            )
+
+
 def _em(model, data, args, columns):
     from ppl_models.infer import fit_em
 
-    return fit_em(model, data, n_init=args.n_init, max_iter=args.steps or 500, seed=args.seed,
+    return fit_em(model, data, n_init=args.n_init, max_iter=args.max_iter, seed=args.seed,
                   progress=progress_of(args), columns=columns)
 
 
 def _svi(model, data, args, columns):
     from ppl_models.infer import fit_svi
 
-    return fit_svi(model, data, guide=args.guide, num_steps=args.steps or 2000, seed=args.seed,
+    return fit_svi(model, data, guide=args.guide, num_steps=args.num_steps, seed=args.seed,
                    progress=progress_of(args), columns=columns)
 
 
 def _nuts(model, data, args, columns):
     from ppl_models.infer import fit_mcmc
 
-    return fit_mcmc(model, data, num_samples=args.steps or 300, warmup_steps=args.warmup,
+    return fit_mcmc(model, data, num_samples=args.num_samples, warmup_steps=args.warmup,
                     num_chains=args.chains, seed=args.seed, progress=progress_of(args),
                     columns=columns)
+
+
+def work_estimate(args: argparse.Namespace) -> str:
+    """One line saying how much work the fit will do (printed before a long run)."""
+    if args.method == "nuts":
+        return (f"NUTS: {args.chains} chain(s) run one after the other, each "
+                f"{args.warmup} warm-up + {args.num_samples} draws")
+    if args.method == "svi":
+        return f"SVI: 1 fit of {args.num_steps} steps ({args.guide} guide)"
+    return f"EM: {args.n_init} restart(s) of at most {args.max_iter} iterations"
+
+
+def _removed_steps(text: str) -> int:
+    raise argparse.ArgumentTypeError(
+        "--steps was removed: use --max-iter (em), --num-steps (svi) or --num-samples (nuts)"
+    )
 
 
 #: Fitting methods: ``--method`` -> function(model, data, args, columns) -> FitResult.
@@ -114,23 +159,38 @@ def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
     add_data_options(parser, default="faithful")
     for arg in _accepted(name):
         MODEL_OPTIONS[arg][1](parser)
+    parser.add_argument("--label-column", metavar="NAME",
+                        help="a column of true labels, kept out of the fit; its cluster "
+                        "accuracy goes into metrics.json (default: none)")
     parser.add_argument("--method", default="em", choices=sorted(DRIVERS),
                         help="fitting method (default em)")
-    parser.add_argument("--guide", default="mean_field", choices=sorted(KINDS),
-                        help="SVI guide kind (default mean_field)")
-    parser.add_argument("--n-init", metavar="N", type=positive_int, default=1,
-                        help="EM restarts (default 1)")
-    parser.add_argument("--steps", metavar="N", type=positive_int,
-                        help="EM iterations (500) / SVI steps (2000) / NUTS draws per chain (300)")
-    parser.add_argument("--warmup", metavar="N", type=positive_int, default=300,
-                        help="NUTS warm-up steps (default 300)")
-    parser.add_argument("--chains", metavar="N", type=positive_int, default=2,
-                        help="NUTS chains (default 2)")
-    parser.add_argument("--seed", metavar="S", type=non_negative_int, default=0)
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    defaults = {dest: default for dest, (_, _, default) in METHOD_OPTIONS.items()}
+    parser.add_argument("--max-iter", metavar="N", type=positive_int,
+                        help=f"EM iterations at most (default {defaults['max_iter']}; em only)")
+    parser.add_argument("--n-init", metavar="N", type=positive_int,
+                        help=f"EM restarts (default {defaults['n_init']}; em only)")
+    parser.add_argument("--num-steps", metavar="N", type=positive_int,
+                        help=f"SVI steps (default {defaults['num_steps']}; svi only)")
+    parser.add_argument("--guide", choices=sorted(KINDS),
+                        help=f"SVI guide kind (default {defaults['guide']}; svi only)")
+    parser.add_argument("--num-samples", metavar="N", type=positive_int,
+                        help=f"NUTS draws kept per chain (default {defaults['num_samples']}; "
+                        "nuts only)")
+    parser.add_argument("--warmup", metavar="N", type=positive_int,
+                        help=f"NUTS warm-up steps per chain (default {defaults['warmup']}; "
+                        "nuts only)")
+    parser.add_argument("--chains", metavar="N", type=positive_int,
+                        help=f"NUTS chains (default {defaults['chains']}; nuts only)")
+    parser.add_argument("--steps", metavar="N", type=_removed_steps,
+                        help="removed (it meant three things): use --max-iter, --num-steps "
+                        "or --num-samples (default: none)")
+    parser.add_argument("--seed", metavar="S", type=non_negative_int, default=0,
+                        help="random seed (default 0)")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="skip the PNG plots (default: plots are written)")
     add_output_options(parser, default=f"runs/{name}-METHOD")
     parser.set_defaults(run=run, model=name)
-    return parser
+    return show_defaults(parser)
 
 
 def build_model(args: argparse.Namespace) -> Any:
@@ -164,33 +224,95 @@ def metrics(result) -> dict[str, Any]:
         "fit_seconds": result.fit_seconds,
         "seed": result.seed,
     }
-    keep = ("bic", "aic", "objective", "n_parameters", "guide", "elbo", "max_r_hat",
-            "divergences", "num_chains", "warnings")
+    keep = ("objective", "guide", "elbo", "max_r_hat", "divergences", "num_chains", "warnings")
     out.update({k: result.info[k] for k in keep if k in result.info})
+    out.update(_student_t(model, params))
     return out
+
+
+def _student_t(model, params: dict) -> dict[str, Any]:
+    """A Student-t mixture's ``df`` and implied covariances: its ``covariances`` are scale
+    matrices :math:`\\Sigma_k`; the covariance of a multivariate t is
+    :math:`\\Sigma_k \\nu / (\\nu - 2)` for :math:`\\nu > 2` and undefined otherwise."""
+    from ppl_models.models import StudentTMixture
+
+    if not isinstance(model, StudentTMixture):
+        return {}
+    df = float(model.df)
+    scale = model.covariances(params)
+    out: dict[str, Any] = {
+        "df": df,
+        "covariances_are": "scale matrices Sigma_k; covariance = Sigma_k * df / (df - 2)",
+    }
+    out["scale_matrices"] = scale.tolist()
+    if df > 2:
+        out["implied_covariances"] = (scale * df / (df - 2)).tolist()
+    else:
+        out["implied_covariances"] = f"undefined: df = {df:g} <= 2 (infinite variance)"
+    return out
+
+
+def _load(args: argparse.Namespace):
+    """``(data, column names, labels or None)``: with ``--label-column`` the label column is
+    read on its own and kept out of the features."""
+    from ppl_models.data import load
+
+    columns = columns_of(args)
+    if args.label_column is None:
+        data, names = load(args.data, columns=columns, standardize=args.standardize)
+        return data, names, None
+    label = args.label_column
+    if columns is None:
+        _, columns = load(args.data)
+    if label not in columns:
+        raise ValueError(f"--label-column {label!r} is not a column of {args.data}; "
+                         f"have {list(columns)}")
+    features = [c for c in columns if c != label]
+    if not features:
+        raise ValueError(f"--label-column {label!r} leaves no feature to fit")
+    data, names = load(args.data, columns=features, standardize=args.standardize)
+    labels, _ = load(args.data, columns=[label])
+    return data, names, labels[:, 0].round().long().numpy()
 
 
 def run(args: argparse.Namespace) -> int:
     """Fit ``args.model`` as the parsed arguments say and write its outputs; return 0."""
+    import sys
+
     import pandas as pd
 
     from ppl_models._shared.jsonsafe import to_json
     from ppl_models._shared.warning_capture import captured_warnings
     from ppl_models.cli.output import output_folder
-    from ppl_models.data import load
-    from ppl_models.diagnostics import save_plots, summarize, to_inference_data
+    from ppl_models.diagnostics import (
+        cluster_accuracy,
+        membership_table,
+        save_plots,
+        summarize,
+        to_inference_data,
+    )
+    from ppl_models.diagnostics.criteria import information_criteria
 
+    check_applicable(args)
     out = args.out or Path("runs") / f"{args.model}-{args.method}"
+    if not args.quiet:
+        print(f"ppl-models: {work_estimate(args)}", file=sys.stderr)
     with output_folder(out, need_bytes=NEED_BYTES, overwrite=args.overwrite) as staging:
-        data, names = load(args.data, columns=columns_of(args), standardize=args.standardize)
+        data, names, labels = _load(args)
         model = build_model(args)
         with captured_warnings():
             result = DRIVERS[args.method](model, data, args, names)
         figures = metrics(result)
         idata = to_inference_data(result)
+        figures.update(information_criteria(result, idata))
         table = summarize(idata)
+        members = membership_table(result)
+        if labels is not None:
+            figures["label_column"] = args.label_column
+            figures["cluster_accuracy"] = cluster_accuracy(members["label"].to_numpy(), labels)
         (staging.path / "metrics.json").write_text(to_json(figures))  # non-finite -> null
         table.to_csv(staging.path / "summary.csv")
+        members.to_csv(staging.path / "assignments.csv", index=False)
         idata.to_netcdf(str(staging.path / "inference_data.nc"))
         result.save(staging.path / "fit")
         written = [] if args.no_plots else save_plots(result, idata, staging.path)
@@ -202,6 +324,9 @@ def run(args: argparse.Namespace) -> int:
             f"{figures['mean_log_likelihood']:.4f} per observation, {figures['n_iter']} "
             f"iterations, converged={figures['converged']}, {figures['fit_seconds']:.2f} s"
         )
-        print(f"wrote {staging.out}/: metrics.json summary.csv inference_data.nc fit/ "
-              + " ".join(p.name for p in written))
+        if written and len(names) > 2:
+            print(f"note: the mixture plot shows the first two features, {names[0]} and "
+                  f"{names[1]}, of {len(names)}")
+        print(f"wrote {staging.out}/: metrics.json summary.csv assignments.csv "
+              "inference_data.nc fit/ " + " ".join(p.name for p in written))
     return 0

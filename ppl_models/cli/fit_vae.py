@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from ppl_models.cli.arguments import (
     positive_float,
     positive_int,
     progress_of,
+    show_defaults,
 )
 from ppl_models.cli.output import output_folder
 
@@ -118,7 +120,7 @@ def add_parser(subparsers: Any, name: str = "vae") -> argparse.ArgumentParser:
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     add_output_options(parser, default="runs/vae-PRIOR", resumable=True)
     parser.set_defaults(run=run, model=name)
-    return parser
+    return show_defaults(parser)
 
 
 def _load(source: str, likelihood: str):
@@ -136,7 +138,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ppl_models._shared.jsonsafe import to_json
     from ppl_models._shared.warning_capture import captured_warnings
-    from ppl_models.diagnostics import assign_clusters, cluster_accuracy, save_vae_plots
+    from ppl_models.diagnostics import (
+        active_units,
+        assign_clusters,
+        cluster_accuracy,
+        plot_objective,
+        save_vae_plots,
+    )
     from ppl_models.infer import elbo_terms, fit_svi, log_marginal_likelihood
 
     out = args.out or Path("runs") / f"vae-{args.prior}"
@@ -168,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
         accuracy = None
         if clusters is not None and y_test is not None:
             accuracy = cluster_accuracy(clusters, y_test)
+        with torch.no_grad():
+            units = active_units(model.code_mean(x_test))
+        collapse = units.warning()
         epoch_seconds = result.info.get("epoch_seconds") or [result.fit_seconds]
         checkpoint = result.info.get("checkpoint")
         figures: dict[str, Any] = {
@@ -192,6 +203,9 @@ def run(args: argparse.Namespace) -> int:
             "test_log_likelihood": loglik,
             "test_log_likelihood_particles": args.particles,
             "cluster_accuracy": accuracy,
+            "active_units": units.count,
+            "active_unit_variances": units.variances.tolist(),
+            "active_unit_threshold": units.threshold,
             "epoch_seconds": statistics.mean(epoch_seconds),
             "fit_seconds": result.fit_seconds,
             "seed": args.seed,
@@ -201,6 +215,12 @@ def run(args: argparse.Namespace) -> int:
         }
         (staging.path / "metrics.json").write_text(to_json(figures))
         written = [] if args.no_plots else save_vae_plots(model, x_test, y_test, staging.path)
+        if not args.no_plots:
+            curve = staging.path / "training_curve.png"
+            plot_objective(result, curve)
+            written.append(curve)
+    if collapse is not None:
+        print(f"ppl-models: warning: {collapse}", file=sys.stderr)
     if not args.quiet:
         accuracy_text = "" if accuracy is None else f", cluster accuracy {accuracy:.3f}"
         print(

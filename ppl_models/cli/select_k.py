@@ -9,6 +9,7 @@ prints the table.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ppl_models.cli.arguments import (
     non_negative_int,
     positive_int,
     progress_of,
+    show_defaults,
 )
 
 __all__ = ["add_subcommand", "parse_ks", "run"]
@@ -98,7 +100,7 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
                         choices=COVARIANCE_TYPES)
     parser.add_argument(
         "--posterior", default="svi", choices=sorted(POSTERIORS),
-        help="draws for LOO: full-rank SVI (default) or NUTS",
+        help="draws for LOO: full-rank SVI or NUTS (default svi)",
     )
     parser.add_argument("--n-init", metavar="N", type=positive_int, default=5,
                         help="EM restarts (default 5)")
@@ -113,7 +115,7 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seed", metavar="S", type=non_negative_int, default=0)
     add_output_options(parser, default=str(DEFAULT_OUT))
     parser.set_defaults(run=run)
-    return parser
+    return show_defaults(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
 
     criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
     out = args.out or DEFAULT_OUT
+    if not args.quiet:
+        then = (f"{args.steps} SVI steps" if args.posterior == "svi"
+                else f"a NUTS run for {args.draws} draws")
+        print(f"ppl-models: {len(args.ks)} values of K, each {args.n_init} EM restart(s) "
+              f"then {then}", file=sys.stderr)
     with output_folder(out, need_bytes=NEED_BYTES, overwrite=args.overwrite) as staging:
         data, names = load(args.data, columns=columns_of(args), standardize=args.standardize)
         with captured_warnings() as notes:

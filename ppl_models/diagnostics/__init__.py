@@ -5,6 +5,7 @@ nothing calls back into a driver.
 """
 
 from ppl_models.diagnostics.active_units import active_units
+from ppl_models.diagnostics.criteria import information_criteria
 from ppl_models.diagnostics.inference_data import to_inference_data
 from ppl_models.diagnostics.memberships import membership_table, memberships
 from ppl_models.diagnostics.plots import (
@@ -19,6 +20,7 @@ from ppl_models.diagnostics.summary import loo, summarize
 
 __all__ = [
     "active_units",
+    "information_criteria",
     "loo",
     "membership_table",
     "memberships",

@@ -116,6 +116,8 @@ def _posterior_attrs(result: FitResult, relabelled: Relabelled) -> dict[str, Any
         if safe is not None:
             attrs.setdefault(key, safe)
     for key, value in result.info.items():
+        if key == "sample_stats":  # its own group
+            continue
         safe = _json_attr(value)
         if safe is not None:
             attrs.setdefault(key, safe)
@@ -172,10 +174,88 @@ def _posterior_predictive(
     return out, index
 
 
+def _sample_stats(result: FitResult) -> dict[str, np.ndarray] | None:
+    """NUTS's per-draw statistics as ``(chain, draw)`` arrays (``diverging`` as booleans),
+    or ``None`` when the fit recorded none or they do not match the draws."""
+    stats = result.info.get("sample_stats")
+    if result.draws is None or not isinstance(stats, Mapping) or not stats:
+        return None
+    batch = tuple(next(iter(result.draws.values())).shape[:2])
+    out: dict[str, np.ndarray] = {}
+    for name, values in stats.items():
+        array = np.asarray(values, dtype=float)
+        if array.shape != batch:
+            return None
+        out[str(name)] = array.astype(bool) if name == "diverging" else array
+    return out
+
+
+def _prior_draws(
+    model: LatentModel, data: torch.Tensor, sites: list[str], num: int, seed: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``num`` draws of the global ``sites`` from the model's priors, each ``(1, num, ...)``,
+    and as many data sets like ``data`` simulated from them, ``(1, num, N, D)``: one run of
+    the model with its observed site drawn afresh (:func:`pyro.poutine.uncondition`) per
+    draw."""
+    draws: dict[str, list[np.ndarray]] = {name: [] for name in sites}
+    simulated = []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for _ in range(num):
+            trace = poutine.trace(poutine.uncondition(model.model)).get_trace(data)
+            for name in sites:
+                draws[name].append(_numpy(trace.nodes[name]["value"]))
+            simulated.append(_numpy(trace.nodes[model.observed_site]["value"]))
+    prior = {name: np.stack(values)[None] for name, values in draws.items()}
+    return prior, np.stack(simulated)[None]
+
+
+def _drop_constant_entries(
+    posterior: dict[str, np.ndarray], dims: dict[str, list[str]], coords: dict[str, Any]
+) -> None:
+    """Leave out, in place, the entries of a draws' variable that never vary (the unit
+    diagonal and zero upper triangle of a correlation Cholesky factor), so that summaries
+    (``az.summary``) have no NaN R-hat rows.
+
+    A variable ``name`` with such entries keeps its leading ``component`` dim, if any; its
+    other dims are stacked into one, ``name_entry``, holding only the entries that vary in
+    some component, labelled by their coordinates (``"waiting, eruptions"``, so summary rows read
+    ``corr_chol[0, waiting, eruptions]`` as before)."""
+    for name in list(posterior):
+        values = posterior[name]
+        names = list(dims.get(name, []))
+        if values.ndim < 3 or len(names) != values.ndim - 2:
+            continue
+        keep = 1 if names and names[0] == "component" else 0
+        rest = values.shape[2 + keep:]
+        if not rest:
+            continue
+        flat = values.reshape(*values.shape[: 2 + keep], -1)
+        varying = np.ptp(flat, axis=(0, 1)) > 0
+        if keep:
+            varying = varying.any(axis=0)
+        if varying.all() or not varying.any():
+            continue
+        grids = [np.asarray(coords[d]) if d in coords else np.arange(n)
+                 for d, n in zip(names[keep:], rest, strict=True)]
+        labels = [", ".join(str(g[i]) for g, i in zip(grids, index, strict=True))
+                  for index in np.ndindex(*rest)]
+        entry = f"{name}_entry"
+        posterior[name] = flat[..., varying]
+        dims[name] = [*names[:keep], entry]
+        coords[entry] = [label for label, v in zip(labels, varying, strict=True) if v]
+
+
+def _per_feature(site: str, values: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """``site`` split by its last (feature) axis: ``{f"{site}_{name}": values[..., j]}``."""
+    return {f"{site}_{name}": values[..., j] for j, name in enumerate(names)}
+
+
 def to_inference_data(
     result: FitResult,
     *,
     num_predictive: int = 200,
+    num_prior: int = 100,
     seed: int = 0,
     log_likelihood: bool = True,
 ) -> az.InferenceData:
@@ -195,6 +275,9 @@ def to_inference_data(
         replicates). ``0`` leaves out the group.
     seed : int
         Seed of the simulation (the global torch RNG is restored afterwards).
+    num_prior : int
+        Draws from the priors for the ``prior`` and ``prior_predictive`` groups (``0``
+        leaves them out).
     log_likelihood : bool
         Whether to evaluate the ``log_likelihood`` group (``chain * draw * N`` densities;
         summaries and plots do without it).
@@ -205,16 +288,30 @@ def to_inference_data(
         - ``posterior``: every latent global site, components relabelled to a canonical order
           (:func:`~ppl_models.diagnostics.relabel.relabel_result`), and the model's derived
           quantities (a mixture's ``covariances`` ``(component, feature, feature_bis)``).
+          With draws, entries that never vary (a correlation Cholesky factor's unit diagonal
+          and zero upper triangle) are left out: such a variable keeps its ``component``
+          dim and stacks the others into ``<name>_entry`` (coordinates like
+          ``"waiting, eruptions"``), so ``az.summary`` has no NaN rows.
           For EM: one chain of one draw holding the point estimate, with
           ``attrs["point_estimate"] = 1`` (netCDF has no booleans: every flag in the attrs
           is 0/1). ``attrs`` also carry ``method``, the model's configuration and the
           JSON-able entries of ``result.info`` (BIC, AIC, ...; lists and dicts as JSON
           strings).
-        - ``posterior_predictive``: ``x`` ``(chain, draw, obs, feature)``.
+        - ``posterior_predictive``: ``x`` ``(chain, draw, obs, feature)``, and one variable
+          per feature, ``x_<feature>`` ``(chain, draw, obs)`` (also in ``observed_data``), so
+          ``az.plot_ppc(idata, var_names=[...])`` draws one density per feature instead of
+          pooling them.
+        - ``prior`` and ``prior_predictive``: ``num_prior`` draws of the global sites from
+          their priors (one chain) and a data set of the data's shape simulated from each
+          (``x`` and ``x_<feature>`` as above), for prior predictive checks.
         - ``log_likelihood``: ``x`` ``(chain, draw, obs)``, the pointwise
           :math:`\\log p(x_n \\mid \\theta)` with the cluster label summed out (not the
           complete-data likelihood), which is what LOO/WAIC need.
         - ``observed_data``: ``x`` ``(obs, feature)``.
+        - ``sample_stats`` (NUTS only): ``diverging``, ``energy``, ``tree_depth``,
+          ``step_size``, ``acceptance_rate``, each ``(chain, draw)``, from
+          ``result.info["sample_stats"]`` (:func:`ppl_models.infer.fit_mcmc`); enough for
+          ``az.bfmi``, ``az.plot_energy`` and divergence overlays.
 
         Dims are the model's (``model.dims()``). Coordinates: ``feature`` and
         ``feature_bis`` (the column names, else ``x0``..), ``obs`` (0..N-1), ``component``
@@ -249,14 +346,29 @@ def to_inference_data(
     if isinstance(model, MixtureModel):
         coords["component"] = np.arange(model.n_components)
     dims = {name: list(value) for name, value in model.dims().items()}
-    observed = {model.observed_site: _numpy(data)}
+    site = model.observed_site
+    observed = {site: _numpy(data), **_per_feature(site, _numpy(data), names)}
+    dims.update({f"{site}_{name}": ["obs"] for name in names})
+    if result.draws is not None:
+        _drop_constant_entries(posterior, dims, coords)
     groups: dict[str, Any] = {"posterior": posterior, "observed_data": observed}
     if log_likelihood:
         groups["log_likelihood"] = {model.observed_site: _log_likelihood(model, data, full)}
+    stats = _sample_stats(result)
+    if stats is not None:
+        groups["sample_stats"] = stats
     index = None
     if num_predictive > 0:
         simulated, index = _posterior_predictive(result, latent, num_predictive, seed)
-        groups["posterior_predictive"] = {model.observed_site: simulated}
+        groups["posterior_predictive"] = {site: simulated,
+                                          **_per_feature(site, simulated, names)}
+    if num_prior < 0:
+        raise ValueError(f"num_prior must be non-negative; got {num_prior}")
+    if num_prior > 0:
+        prior, prior_data = _prior_draws(model, data, list(latent), num_prior, seed)
+        groups["prior"] = prior
+        groups["prior_predictive"] = {site: prior_data,
+                                      **_per_feature(site, prior_data, names)}
     with warnings.catch_warnings():
         # ArviZ guesses from shapes whether (chain, draw) were swapped; ours are laid out
         # explicitly, and few predictive draws over several chains are intended.

@@ -80,7 +80,8 @@ def _ellipse(mean, cov2, n_sigma: float, color, **kwargs) -> Ellipse:
 def plot_mixture(result: FitResult, path: str | Path | None = None) -> Figure:
     """The data coloured by their most probable component, with the fitted components.
 
-    Two features or more: a scatter of the first two features, each component's mean (a
+    Two features or more: a scatter of the first two features (named in the title when there
+    are more than two), each component's mean (a
     cross) and the 1- and 2-sigma ellipses of its covariance (marginal over the first two
     features). One feature: a stacked histogram by label with each weighted component density,
     its mean, and its 1- and 2-sigma intervals. The components are the point estimate (EM) or
@@ -148,6 +149,8 @@ def plot_mixture(result: FitResult, path: str | Path | None = None) -> Figure:
     how = "point estimate" if result.draws is None else "posterior mean"
     title = f"{model.name}, K={k} ({result.method.upper()} {how})"
     title += "; ellipses: 1 and 2 sigma" if x.shape[1] > 1 else "; bars: 1 and 2 sigma"
+    if x.shape[1] > 2:
+        title += f"\nshowing {names[0]} and {names[1]} of {x.shape[1]} features"
     ax.set_title(title)
     ax.legend(loc="best", fontsize="small")
     write_png(fig, path)
@@ -456,7 +459,7 @@ def save_plots(
         written.append(out / "objective.png")
     if result.draws is not None:
         if idata is None:
-            idata = to_inference_data(result, num_predictive=0, log_likelihood=False)
+            idata = to_inference_data(result, num_predictive=0, num_prior=0, log_likelihood=False)
         plot_trace(idata, out / "trace.png")
         written.append(out / "trace.png")
         plot_posterior(idata, out / "posterior.png")

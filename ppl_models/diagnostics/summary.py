@@ -112,7 +112,8 @@ def summarize(
           R-hat or ESS.
     """
     if isinstance(result_or_idata, FitResult):
-        idata = to_inference_data(result_or_idata, num_predictive=0, log_likelihood=False)
+        idata = to_inference_data(result_or_idata, num_predictive=0, num_prior=0,
+                                  log_likelihood=False)
     else:
         idata = result_or_idata
     if is_point_estimate(idata):

@@ -20,7 +20,56 @@ from ppl_models.infer.init import init_strategy, initial_values
 from ppl_models.infer.result import FitResult
 from ppl_models.models import CollapsedLikelihood, LatentModel
 
-__all__ = ["fit_mcmc"]
+__all__ = ["SAMPLE_STATS", "fit_mcmc"]
+
+#: Per-draw NUTS statistics kept in ``info["sample_stats"]``, with ArviZ's names.
+SAMPLE_STATS = ("diverging", "energy", "tree_depth", "step_size", "acceptance_rate")
+
+
+class _RecordingNUTS(NUTS):
+    """NUTS that records, for every transition after warm-up, ArviZ's sample statistics:
+    ``diverging`` (0/1), ``energy`` (the Hamiltonian at the start of the transition,
+    :math:`U(z) + \\tfrac12 r^\\top M^{-1} r` with the fresh momentum, what
+    ``az.bfmi`` needs), ``tree_depth`` (doublings), ``step_size`` and ``acceptance_rate``
+    (mean Metropolis acceptance over the trajectory)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stats: dict[str, list[float]] = {name: [] for name in SAMPLE_STATS}
+        self._energy: float | None = None
+        self._depth = 0
+
+    def _kinetic_energy(self, r_unscaled):
+        energy = super()._kinetic_energy(r_unscaled)
+        if self._energy is None:  # the first call of a transition: the fresh momentum
+            self._energy = float(energy)
+        return energy
+
+    def _build_tree(self, z, r, z_grads, log_slice, direction, tree_depth, energy_current):
+        self._depth = max(self._depth, tree_depth + 1)
+        return super()._build_tree(
+            z, r, z_grads, log_slice, direction, tree_depth, energy_current
+        )
+
+    def sample(self, params):
+        _, potential, _ = self._fetch_from_cache()
+        potential = None if potential is None else float(potential)
+        self._energy, self._depth = None, 0
+        divergences, mean_accept = len(self._divergences), self._mean_accept_prob
+        step_size = float(self.step_size)
+        out = super().sample(params)
+        n = self._t - self._warmup_steps
+        if n >= 1:
+            accept = mean_accept + n * (self._mean_accept_prob - mean_accept)
+            kinetic = self._energy if self._energy is not None else math.nan
+            self.stats["diverging"].append(float(len(self._divergences) > divergences))
+            self.stats["energy"].append(
+                (potential if potential is not None else math.nan) + kinetic
+            )
+            self.stats["tree_depth"].append(float(self._depth))
+            self.stats["step_size"].append(step_size)
+            self.stats["acceptance_rate"].append(float(min(max(accept, 0.0), 1.0)))
+        return out
 
 
 def fit_mcmc(
@@ -72,7 +121,9 @@ def fit_mcmc(
         ``draws``: ``(num_chains, num_samples, ...)`` per global site; ``params``: the
         posterior mean (in the unconstrained space for sites whose support is not convex,
         such as correlation Cholesky factors); ``info``: ``max_r_hat``, ``divergences``,
-        ``step_size`` per chain.
+        ``step_size`` per chain and ``sample_stats``: name of :data:`SAMPLE_STATS` ->
+        ``num_chains`` lists of ``num_samples`` numbers (what
+        :func:`~ppl_models.diagnostics.to_inference_data` writes as ``sample_stats``).
     """
     for name, value in (
         ("num_samples", num_samples),
@@ -95,10 +146,11 @@ def fit_mcmc(
     chains: list[dict[str, torch.Tensor]] = []
     divergences: list[int] = []
     step_sizes: list[float] = []
+    stats: dict[str, list[list[float]]] = {name: [] for name in SAMPLE_STATS}
     start = time.perf_counter()
     for chain in range(num_chains):
         pyro.set_rng_seed(seed + chain)
-        kernel = NUTS(
+        kernel = _RecordingNUTS(
             model_fn,
             max_plate_nesting=nesting,
             jit_compile=jit_compile,
@@ -119,6 +171,8 @@ def fit_mcmc(
         diverging = mcmc.diagnostics().get("divergences", {})
         divergences.append(sum(len(v) for v in diverging.values()))
         step_sizes.append(float(kernel.step_size))
+        for name in SAMPLE_STATS:
+            stats[name].append(kernel.stats[name])
     fit_seconds = time.perf_counter() - start
 
     draws = {k: torch.stack([c[k] for c in chains]) for k in chains[0]}
@@ -131,6 +185,7 @@ def fit_mcmc(
         "max_r_hat": r_hat,
         "divergences": divergences,
         "step_size": step_sizes,
+        "sample_stats": stats,
         "init": init if isinstance(init, str) or init is None else "values",
     }
     return FitResult(
