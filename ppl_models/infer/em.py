@@ -47,8 +47,6 @@ __all__ = ["fit_em", "kmeans_plus_plus"]
 
 #: Retries of a k-means restart whose fit collapsed a component.
 _COLLAPSE_RETRIES = 2
-#: Largest number of free parameters for which fit_em computes standard errors by default.
-_AUTO_SE_MAX_PARAMETERS = 200
 
 #: Relative slack below which a drop of the objective counts as round-off, not a violation.
 _MONOTONE_SLACK = 1e-9
@@ -407,12 +405,6 @@ def _start_and_run(engine, how, data, k, generator, max_iter, tol, bar) -> _Run:
     return best
 
 
-def _wants_standard_errors(asked: bool | None, model, n_params: int) -> bool:
-    if asked is not None:
-        return bool(asked)
-    return isinstance(model, FiniteMixture) and n_params <= _AUTO_SE_MAX_PARAMETERS
-
-
 def _is_map(engine) -> bool:
     return bool(getattr(engine, "map", False))
 
@@ -434,7 +426,7 @@ def fit_em(
     dtype: torch.dtype = torch.float64,
     progress: bool | None = None,
     columns: list[str] | None = None,
-    standard_errors: bool | None = None,
+    standard_errors: bool = False,
 ) -> FitResult:
     """Fit a model with one enumerated discrete latent by expectation-maximisation.
 
@@ -483,11 +475,13 @@ def fit_em(
         Progress bar (default: when standard error is a terminal).
     columns : list of str, optional
         Feature names recorded in the result.
-    standard_errors : bool or None
+    standard_errors : bool
         Store standard errors and asymptotic Wald intervals of every reported parameter
         (observed information, delta method; :mod:`ppl_models.infer.standard_errors`) in
-        ``info["standard_errors"]``. ``None`` (default): when the fit is a finite mixture with
-        at most ``_AUTO_SE_MAX_PARAMETERS`` free parameters (then they cost less than the fit).
+        ``info["standard_errors"]``. Off by default: one double-backward pass per free
+        parameter costs 3 to 200 times the fit itself (measured: 100,000 x 2, K=5: 2.3 s
+        against 0.7 s; 10,000 x 10, K=5: 7.4 s against 0.04 s; 1,000 x 5, K=3: 0.13 s
+        against 0.01 s).
 
     Returns
     -------
@@ -590,6 +584,6 @@ def fit_em(
         info=info,
         columns=list(columns) if columns is not None else [],
     )
-    if _wants_standard_errors(standard_errors, model, n_params):
+    if standard_errors:
         info["standard_errors"] = compute_standard_errors(result).to_json()
     return result

@@ -54,6 +54,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch.distributions import biject_to
 
+from ppl_models.models.mixture import FiniteMixture
+
 __all__ = ["METHODS", "StandardErrors", "compute_standard_errors", "standard_errors"]
 
 METHODS = ("observed_information", "bootstrap")
@@ -147,6 +149,10 @@ def _z(level: float) -> float:
 
 
 def _check(result, level: float) -> None:
+    if not isinstance(result.model, FiniteMixture):
+        raise ValueError(
+            f"standard errors need a finite mixture; got {type(result.model).__name__}"
+        )
     if result.method != "em":
         raise ValueError(f"standard errors need an EM fit; got a {result.method!r} fit")
     if not 0.0 < level < 1.0:
@@ -194,24 +200,8 @@ def _observed_information(result, level: float) -> StandardErrors:
 
     info = -_hessian(objective, theta)
     info = 0.5 * (info + info.T)
-    eigen = torch.linalg.eigvalsh(info)
     notes = _weight_warnings(model, result.params, data.shape[0])
-    condition = float(eigen[-1] / eigen[0]) if eigen[0] > 0 else math.inf
-    if not eigen[0] > 0:
-        notes.append(
-            "the observed information matrix is not positive definite (smallest eigenvalue "
-            f"{float(eigen[0]):.3g}): not at a maximum, or a component collapsed; no standard "
-            "errors"
-        )
-        cov_u = torch.full_like(info, math.nan)
-    else:
-        if condition > _MAX_CONDITION:
-            notes.append(
-                f"the observed information matrix is near-singular (condition number "
-                f"{condition:.3g}): components near collapse or weights near 0; the Wald "
-                "intervals are not to be trusted"
-            )
-        cov_u = torch.cholesky_inverse(torch.linalg.cholesky(info))
+    cov_u, condition = _inverse_information(info, notes)
 
     reported_shapes: dict[str, torch.Size] = {}
 
@@ -229,6 +219,32 @@ def _observed_information(result, level: float) -> StandardErrors:
     z = _z(level)
     sites = _split(estimate, se, estimate - z * se, estimate + z * se, reported_shapes)
     return StandardErrors(sites, "observed_information", level, notes, condition)
+
+
+def _inverse_information(info: torch.Tensor, notes: list[str]) -> tuple[torch.Tensor, float]:
+    """``info``'s inverse and condition number; NaN (and a note) when it is not positive
+    definite, a note when it is near-singular."""
+    nan = torch.full_like(info, math.nan)
+    if not torch.isfinite(info).all():
+        notes.append("the observed information matrix is not finite: no standard errors")
+        return nan, math.nan
+    eigen = torch.linalg.eigvalsh(info)
+    chol, failed = torch.linalg.cholesky_ex(info)
+    if not eigen[0] > 0 or failed:
+        notes.append(
+            "the observed information matrix is not positive definite (smallest eigenvalue "
+            f"{float(eigen[0]):.3g}): not at a maximum, or a component collapsed; no standard "
+            "errors"
+        )
+        return nan, math.inf
+    condition = float(eigen[-1] / eigen[0])
+    if condition > _MAX_CONDITION:
+        notes.append(
+            f"the observed information matrix is near-singular (condition number "
+            f"{condition:.3g}): components near collapse or weights near 0; the Wald "
+            "intervals are not to be trusted"
+        )
+    return torch.cholesky_inverse(chol), condition
 
 
 def _hessian(f: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
