@@ -32,7 +32,7 @@ from torch.distributions import biject_to
 from tqdm.auto import tqdm
 
 import guides
-from ppl_models.infer.kmeans import kmeans_responsibilities
+from ppl_models.infer.kmeans import kmeans_moments, kmeans_responsibilities
 from ppl_models.infer.regularisation import (
     check_resolution,
     collapse_causes,
@@ -331,6 +331,9 @@ def _initial_state(engine, init, data: torch.Tensor, k: int, generator: torch.Ge
                 params["weights"], params["locs"], params["covariances"]
             )
         return engine.from_params(params)
+    if init == "kmeans" and isinstance(engine, _ClosedForm):  # moments without (N, K) resp
+        w, mu, cov = kmeans_moments(data, k, generator, engine.reg_covar)
+        return engine.from_params(engine.model.site_params_from_moments(w, mu, cov))
     if init == "kmeans":
         return engine.from_resp(kmeans_responsibilities(data, k, generator))
     if init == "kmeans++":

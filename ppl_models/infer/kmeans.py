@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["KMeansFit", "kmeans", "kmeans_responsibilities"]
+__all__ = ["KMeansFit", "kmeans", "kmeans_moments", "kmeans_responsibilities"]
 
 #: Defaults (chosen by measurement, see benchmarks/RESULTS.md, "EM end to end").
 N_INIT = 3
@@ -84,20 +84,26 @@ def _seed(x: torch.Tensor, sq: torch.Tensor, k: int, generator: torch.Generator)
     return torch.stack(centres)
 
 
+def _nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Label of each point's nearest centre: the arg-min of ``||c||^2 - 2 x.c`` (the
+    ``||x||^2`` term is the same for every centre)."""
+    return torch.addmm(centres.square().sum(1), x, centres.T, alpha=-2.0).argmin(1)
+
+
 def _lloyd(
     x: torch.Tensor, sq: torch.Tensor, centres: torch.Tensor, max_iter: int, tol: float
 ) -> tuple[torch.Tensor, float]:
     """Lloyd iterations from ``centres``; the centres and their inertia."""
     k = centres.shape[0]
     for _ in range(max_iter):
-        d2 = _squared_distances(x, sq, centres)
-        labels = d2.argmin(1)
-        counts = torch.bincount(labels, minlength=k).to(x.dtype)
-        sums = torch.zeros_like(centres).index_add_(0, labels, x)
+        labels = _nearest(x, centres)
+        one_hot = torch.nn.functional.one_hot(labels, k).to(x.dtype)  # (N, K)
+        counts = one_hot.sum(0)
+        sums = one_hot.T @ x
         new = sums / counts.clamp(min=1.0).unsqueeze(1)
         empty = torch.nonzero(counts == 0).flatten()
         if empty.numel():
-            own = d2.gather(1, labels.unsqueeze(1)).squeeze(1)
+            own = (x - centres[labels]).square().sum(1)
             far = own.argsort(descending=True)[: empty.numel()]
             new[empty] = x[far]
         shift = float((new - centres).square().sum())
@@ -113,10 +119,10 @@ def kmeans(
     k: int,
     generator: torch.Generator,
     *,
-    n_init: int = N_INIT,
+    n_init: int | None = None,
     max_iter: int = MAX_ITER,
     tol: float = TOL,
-    sample_size: int = SAMPLE_SIZE,
+    sample_size: int | None = None,
 ) -> KMeansFit:
     """k-means by greedy k-means++ seeding and Lloyd iterations (best of ``n_init``).
 
@@ -127,15 +133,17 @@ def kmeans(
         Number of centres, ``1 <= k <= N``.
     generator : torch.Generator
         Source of every random choice (seeds, subsample).
-    n_init : int
-        Seedings, each followed by Lloyd iterations; the lowest inertia is kept.
+    n_init : int, optional
+        Seedings, each followed by Lloyd iterations; the lowest inertia is kept (default
+        :data:`N_INIT`).
     max_iter : int
         Lloyd sweeps per seeding.
     tol : float
         Stop when the squared movement of all centres is at most ``tol`` times the mean
         feature variance (scikit-learn's ``tol``).
-    sample_size : int
-        Seed and iterate on a uniform subsample of this many points when ``N`` is larger.
+    sample_size : int, optional
+        Seed and iterate on a uniform subsample of this many points when ``N`` is larger
+        (default :data:`SAMPLE_SIZE`).
 
     Returns
     -------
@@ -144,6 +152,8 @@ def kmeans(
         those labels over all points.
     """
     n = data.shape[0]
+    n_init = N_INIT if n_init is None else n_init
+    sample_size = SAMPLE_SIZE if sample_size is None else sample_size
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"k must be an integer between 1 and the number of points {n}; got {k}")
     if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
@@ -163,9 +173,8 @@ def kmeans(
             if best is None or inertia < best[1]:
                 best = (centres, inertia)
         assert best is not None
-        d2 = _squared_distances(x, x.square().sum(1), best[0])
-        labels = d2.argmin(1)
-        inertia = float(d2.gather(1, labels.unsqueeze(1)).sum())
+        labels = _nearest(x, best[0])
+        inertia = float((x - best[0][labels]).square().sum())
         return KMeansFit(best[0] + centre, labels, inertia)
 
 
@@ -181,3 +190,45 @@ def kmeans_responsibilities(
     resp = torch.zeros(data.shape[0], k, dtype=data.dtype)
     resp[torch.arange(data.shape[0]), labels] = 1.0
     return resp
+
+
+def kmeans_moments(
+    data: torch.Tensor, k: int, generator: torch.Generator, reg: torch.Tensor | float, **options
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Weights, means and covariances ``(K, D, D)`` of the k-means clusters.
+
+    The M-step of EM from the hard responsibilities of :func:`kmeans_responsibilities`
+    (:math:`w_k = N_k / N`, :math:`\mu_k`, :math:`\Sigma_k = S_k / N_k + \operatorname{diag}(
+    \epsilon)`), computed cluster by cluster in :math:`O(N D^2)` instead of through an
+    ``(N, K)`` responsibility matrix. An empty cluster (fewer than K distinct points) gets
+    weight 0, the overall mean and covariance, and is reported by EM as collapsed.
+
+    Parameters
+    ----------
+    reg : Tensor (D,) or float
+        Added to every covariance diagonal.
+    """
+    n, d = data.shape
+    labels = kmeans(data, k, generator, **options).labels
+    eye = torch.eye(d, dtype=data.dtype)
+    floor = torch.as_tensor(reg, dtype=data.dtype) * eye
+    weights = torch.empty(k, dtype=data.dtype)
+    means = torch.empty(k, d, dtype=data.dtype)
+    covs = torch.empty(k, d, d, dtype=data.dtype)
+    order = labels.argsort()
+    counts = torch.bincount(labels, minlength=k).tolist()
+    overall = data.mean(0)
+    start = 0
+    for j, count in enumerate(counts):
+        members = data[order[start : start + count]]
+        start += count
+        if count == 0:
+            weights[j], means[j] = 0.0, overall
+            centred = data - overall
+            covs[j] = centred.T @ centred / n + floor
+            continue
+        weights[j] = count / n
+        means[j] = members.mean(0)
+        centred = members - means[j]
+        covs[j] = centred.T @ centred / count + floor
+    return weights, means, covs
