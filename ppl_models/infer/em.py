@@ -36,6 +36,7 @@ from ppl_models.infer.kmeans import kmeans_moments, kmeans_responsibilities
 from ppl_models.infer.regularisation import (
     check_resolution,
     collapse_causes,
+    feature_variance,
     moment_covariances,
     reg_covar_per_feature,
 )
@@ -290,7 +291,7 @@ def _collapse_notes(model, params, data: torch.Tensor, reg_covar, held: bool) ->
     reg = torch.as_tensor(reg_covar, dtype=data.dtype).expand(data.shape[1])
     return collapse_causes(
         moment_covariances(model, params), full["weights"], data.shape[0], reg,
-        held=held, data_var=data.var(0, unbiased=False),
+        held=held, data_var=feature_variance(data),
     )
 
 

@@ -43,7 +43,7 @@ __all__ = ["KMeansFit", "kmeans", "kmeans_moments", "kmeans_responsibilities"]
 N_INIT = 3
 MAX_ITER = 100
 TOL = 1e-4
-SAMPLE_SIZE = 20_000
+SAMPLE_SIZE = 5_000
 
 
 class KMeansFit(NamedTuple):

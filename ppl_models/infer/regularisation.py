@@ -25,6 +25,7 @@ __all__ = [
     "REG_COVAR_MODES",
     "check_resolution",
     "collapse_causes",
+    "feature_variance",
     "reg_covar_per_feature",
 ]
 
@@ -33,6 +34,11 @@ REG_COVAR_MODES = ("relative", "absolute")
 #: Largest spacing of representable values near a feature's values, relative to the
 #: feature's standard deviation, that still lets a fit resolve the data's spread.
 _MAX_RELATIVE_SPACING = 1e-3
+
+
+def feature_variance(data: torch.Tensor) -> torch.Tensor:
+    """Each feature's (biased) variance, ``(D,)`` (0 for a single row)."""
+    return (data - data.mean(0)).square_().mean(0)
 
 
 def reg_covar_per_feature(data: torch.Tensor, reg_covar: float, mode: str) -> torch.Tensor:
@@ -57,7 +63,7 @@ def reg_covar_per_feature(data: torch.Tensor, reg_covar: float, mode: str) -> to
     d = data.shape[1]
     if mode == "absolute":
         return torch.full((d,), float(reg_covar), dtype=data.dtype)
-    var = data.var(0, unbiased=False) if data.shape[0] > 1 else torch.zeros(d, dtype=data.dtype)
+    var = feature_variance(data)
     constant = [int(j) for j in torch.nonzero(~(var > 0)).flatten()]
     if constant and reg_covar > 0:
         raise ValueError(
@@ -84,7 +90,7 @@ def check_resolution(data: torch.Tensor, columns: Sequence[str] | None = None) -
     if data.shape[0] < 2:
         return
     eps = torch.finfo(data.dtype).eps
-    std = data.std(0, unbiased=False)
+    std = feature_variance(data).sqrt()
     spacing = eps * data.abs().amax(0)
     bad = torch.nonzero((std > 0) & (spacing > _MAX_RELATIVE_SPACING * std)).flatten()
     if bad.numel() == 0:
