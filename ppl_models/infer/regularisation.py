@@ -17,6 +17,7 @@ nothing. ``"absolute"`` keeps :math:`\epsilon_d = \texttt{reg\_covar}` (scikit-l
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -89,9 +90,9 @@ def check_resolution(data: torch.Tensor, columns: Sequence[str] | None = None) -
     """
     if data.shape[0] < 2:
         return
-    eps = torch.finfo(data.dtype).eps
     std = feature_variance(data).sqrt()
-    spacing = eps * data.abs().amax(0)
+    largest = data.abs().amax(0)
+    spacing = torch.nextafter(largest, torch.full_like(largest, math.inf)) - largest
     bad = torch.nonzero((std > 0) & (spacing > _MAX_RELATIVE_SPACING * std)).flatten()
     if bad.numel() == 0:
         return
