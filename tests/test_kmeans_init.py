@@ -29,8 +29,13 @@ def five() -> np.ndarray:
 @pytest.mark.parametrize("seed", range(4))
 def test_kmeans_inertia_matches_scikit_learn_best_of_ten(five: np.ndarray, seed: int) -> None:
     reference = KMeans(5, n_init=10, random_state=0).fit(five).inertia_
-    fit = kmeans(torch.as_tensor(five), 5, torch.Generator().manual_seed(seed))
-    assert fit.inertia <= reference * (1 + 1e-6)
+    x = torch.as_tensor(five)
+    full = kmeans(x, 5, torch.Generator().manual_seed(seed), sample_size=len(five))
+    assert full.inertia <= reference * (1 + 1e-6)
+    # On the default subsample (400 points per centre) the centres are a start for EM,
+    # within 1% of the best inertia.
+    sub = kmeans(x, 5, torch.Generator().manual_seed(seed))
+    assert reference <= sub.inertia * (1 + 1e-9) and sub.inertia <= reference * 1.01
 
 
 def test_kmeans_labels_are_nearest_centres_and_centres_their_means(five: np.ndarray) -> None:
