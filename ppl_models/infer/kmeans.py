@@ -214,25 +214,16 @@ def kmeans_moments(
     """
     n, d = data.shape
     labels = kmeans(data, k, generator, **options).labels
-    eye = torch.eye(d, dtype=data.dtype)
-    floor = torch.as_tensor(reg, dtype=data.dtype) * eye
-    weights = torch.empty(k, dtype=data.dtype)
-    means = torch.empty(k, d, dtype=data.dtype)
-    covs = torch.empty(k, d, d, dtype=data.dtype)
-    order = labels.argsort()
-    counts = torch.bincount(labels, minlength=k).tolist()
-    overall = data.mean(0)
-    start = 0
-    for j, count in enumerate(counts):
-        members = data[order[start : start + count]]
-        start += count
-        if count == 0:
-            weights[j], means[j] = 0.0, overall
-            centred = data - overall
-            covs[j] = centred.T @ centred / n + floor
-            continue
-        weights[j] = count / n
-        means[j] = members.mean(0)
-        centred = members - means[j]
-        covs[j] = centred.T @ centred / count + floor
-    return weights, means, covs
+    one_hot = torch.nn.functional.one_hot(labels, k).to(data.dtype)  # (N, K)
+    counts = one_hot.sum(0)
+    empty = counts == 0
+    means = (one_hot.T @ data) / counts.clamp(min=1.0).unsqueeze(1)
+    means[empty] = data.mean(0)
+    diff = data - means[labels]  # centred on each point's own cluster: no cancellation
+    second = (one_hot.T.unsqueeze(1) * diff.T.unsqueeze(0)) @ diff  # (K, D, D)
+    covs = second / counts.clamp(min=1.0)[:, None, None]
+    if empty.any():
+        centred = data - data.mean(0)
+        covs[empty] = centred.T @ centred / n
+    covs = covs + torch.as_tensor(reg, dtype=data.dtype) * torch.eye(d, dtype=data.dtype)
+    return counts / n, means, covs
