@@ -52,10 +52,12 @@ def test_kmeans_labels_are_nearest_centres_and_centres_their_means(five: np.ndar
 def test_kmeans_moments_are_the_hard_m_step(five: np.ndarray) -> None:
     x = torch.as_tensor(five)
     w, mu, cov = kmeans_moments(x, 5, torch.Generator().manual_seed(2), 0.0)
-    labels = kmeans(x, 5, torch.Generator().manual_seed(2)).labels
+    fit = kmeans(x, 5, torch.Generator().manual_seed(2))
+    assert fit.sample is not None and len(fit.sample) == 2000  # 400 points per centre
+    sample, labels = five[fit.sample.numpy()], fit.labels[fit.sample].numpy()
     for j in range(5):
-        members = five[labels.numpy() == j]
-        assert float(w[j]) == pytest.approx(len(members) / len(five))
+        members = sample[labels == j]
+        assert float(w[j]) == pytest.approx(len(members) / len(sample))
         np.testing.assert_allclose(mu[j].numpy(), members.mean(0), rtol=1e-12)
         np.testing.assert_allclose(cov[j].numpy(), np.cov(members.T, bias=True), rtol=1e-10)
 

@@ -1,13 +1,11 @@
-"""Standard errors of EM fits against independent answers.
+r"""Standard errors of EM fits against independent answers.
 
 * K = 1: the closed-form asymptotic standard errors of the Gaussian MLE, with the MLE plugged
   in (for the Gaussian the observed information at the MLE equals the expected one):
-  :math:`\\operatorname{se}(\\hat\\mu_i) = \\sqrt{\\Sigma_{ii}/n}`,
-  :math:`\\operatorname{se}(\\hat\\Sigma_{ij}) = \\sqrt{(\\Sigma_{ij}^2 + \\Sigma_{ii}\\Sigma_{jj})/n}`
-  (so :math:`\\sigma^2\\sqrt{2/n}` for a variance), :math:`\\operatorname{se}(\\hat\\sigma_i) =
-  \\sigma_i/\\sqrt{2n}`, :math:`\\operatorname{se}(\\hat\\rho) = (1-\\rho^2)/\\sqrt n`, and for the
-  Cholesky factor of the correlation matrix, :math:`L_{10} = \\rho` and
-  :math:`L_{11} = \\sqrt{1-\\rho^2}` with :math:`\\operatorname{se} = |\\rho|\\sqrt{1-\\rho^2}/\\sqrt n`.
+  se(mu_i) = sqrt(S_ii / n); se(S_ij) = sqrt((S_ij^2 + S_ii S_jj) / n), so S_ii sqrt(2 / n)
+  for a variance; se(sigma_i) = sigma_i / sqrt(2 n); se(rho) = (1 - rho^2) / sqrt(n); and for
+  the Cholesky factor of the correlation matrix, L_10 = rho with se (1 - rho^2) / sqrt(n) and
+  L_11 = sqrt(1 - rho^2) with se |rho| sqrt(1 - rho^2) / sqrt(n) (delta method).
 * K = 2: the coverage of the 95% Wald interval over simulated replicates (binomial error), and
   the parametric bootstrap on one data set.
 """

@@ -51,11 +51,13 @@ SAMPLE_PER_CENTRE = 400
 
 
 class KMeansFit(NamedTuple):
-    """Centres ``(K, D)``, labels ``(N,)`` of every point, and the inertia of the labels."""
+    """Centres ``(K, D)``, labels ``(N,)`` of every point, the inertia of the labels, and the
+    indices of the subsample the centres were fitted on (``None``: every point)."""
 
     centres: torch.Tensor
     labels: torch.Tensor
     inertia: float
+    sample: torch.Tensor | None = None
 
 
 def _squared_distances(x: torch.Tensor, sq: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -165,9 +167,10 @@ def kmeans(
     with torch.no_grad():
         centre = data.mean(0)
         x = data - centre
-        sample = x
+        sample, index = x, None
         if n > sample_size:
-            sample = x[torch.randperm(n, generator=generator)[:sample_size]]
+            index = torch.randperm(n, generator=generator)[:sample_size]
+            sample = x[index]
         sq_sample = sample.square().sum(1)
         threshold = tol * float(sample.var(0, unbiased=False).mean()) if n > 1 else 0.0
         best: tuple[torch.Tensor, float] | None = None
@@ -179,7 +182,7 @@ def kmeans(
         assert best is not None
         labels = _nearest(x, best[0])
         inertia = float((x - best[0][labels]).square().sum())
-        return KMeansFit(best[0] + centre, labels, inertia)
+        return KMeansFit(best[0] + centre, labels, inertia, index)
 
 
 def kmeans_responsibilities(
@@ -201,19 +204,22 @@ def kmeans_moments(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Weights, means and covariances ``(K, D, D)`` of the k-means clusters.
 
-    The M-step of EM from the hard responsibilities of :func:`kmeans_responsibilities`
-    (:math:`w_k = N_k / N`, :math:`\mu_k`, :math:`\Sigma_k = S_k / N_k + \operatorname{diag}(
-    \epsilon)`), computed cluster by cluster in :math:`O(N D^2)` instead of through an
-    ``(N, K)`` responsibility matrix. An empty cluster (fewer than K distinct points) gets
-    weight 0, the overall mean and covariance, and is reported by EM as collapsed.
+    The M-step of EM from hard responsibilities (:math:`w_k = N_k / N`, :math:`\mu_k`,
+    :math:`\Sigma_k = S_k / N_k + \operatorname{diag}(\epsilon)`) over the points k-means
+    was fitted on (its subsample when N is large: a start for EM, whose first iteration sees
+    every point). An empty cluster (fewer than K distinct points) gets weight 0, the overall
+    mean and covariance, and is reported by EM as collapsed.
 
     Parameters
     ----------
     reg : Tensor (D,) or float
         Added to every covariance diagonal.
     """
+    fit = kmeans(data, k, generator, **options)
+    labels = fit.labels
+    if fit.sample is not None:
+        data, labels = data[fit.sample], labels[fit.sample]
     n, d = data.shape
-    labels = kmeans(data, k, generator, **options).labels
     one_hot = torch.nn.functional.one_hot(labels, k).to(data.dtype)  # (N, K)
     counts = one_hot.sum(0)
     empty = counts == 0
