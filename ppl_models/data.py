@@ -379,6 +379,8 @@ def _csv_layout(path: Path) -> _Layout | None:
         sep = max(multi, key=lambda ws: (ws[0], -_DELIMITERS.index(ws[1])))[1]
     elif (1, ",") in consistent:
         sep = ","  # one column
+    elif _one_column_of_decimal_commas(parsed[";"]):
+        sep = ";"  # one column, numbers like 1,5 (no ';' anywhere: every row is one field)
     else:
         rows = parsed[","]
         width = len(rows[0][1])
@@ -389,6 +391,13 @@ def _csv_layout(path: Path) -> _Layout | None:
             "the header would silently lose a column to the row labels: fix the file"
         )
     rows = parsed[sep]
+    if len(rows[0][1]) == 1:
+        # One column: an empty line after the header is a missing value, not a blank line.
+        lines = path.read_text(encoding="utf-8").splitlines()
+        gap = next((i + 1 for i, line in enumerate(lines) if i > 0 and not line.strip()), None)
+        if gap is not None:
+            raise ValueError(f"{path}: line {gap} is empty: in a one-column file that is a "
+                             "missing value; remove or impute it")
     cells = [cell for _, row in rows[1:101] for cell in row]
     decimal = "."
     if sep != "," and any(_DECIMAL_COMMA.match(c) for c in cells) and not any(
@@ -396,6 +405,16 @@ def _csv_layout(path: Path) -> _Layout | None:
     ):
         decimal = ","
     return _Layout(sep, decimal, [line for line, _ in rows[1:]])
+
+
+def _one_column_of_decimal_commas(rows: list[tuple[int, list[str]]]) -> bool:
+    """A one-column file whose cells all read as numbers with a decimal comma."""
+    if any(len(row) != 1 for _, row in rows):
+        return False
+    cells = [row[0] for _, row in rows[1:]]
+    return bool(cells) and all(
+        _DECIMAL_COMMA.match(c) or re.fullmatch(r"\s*[+-]?\d*\s*", c) for c in cells
+    ) and any(_DECIMAL_COMMA.match(c) for c in cells)
 
 
 def _non_numeric_message(path: Path, column: str, values: pd.Series, layout: _Layout) -> str:

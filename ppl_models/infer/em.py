@@ -409,6 +409,13 @@ def _start_and_run(engine, how, data, k, generator, max_iter, tol, bar) -> _Run:
     return best
 
 
+def _shifted_init(init, shift: torch.Tensor | None):
+    """A dict start moved to the centred coordinates (locations minus ``shift``)."""
+    if shift is None or not isinstance(init, Mapping) or "locs" not in init:
+        return init
+    return {**init, "locs": torch.as_tensor(init["locs"], dtype=shift.dtype) - shift}
+
+
 def _is_map(engine) -> bool:
     return bool(getattr(engine, "map", False))
 
@@ -529,21 +536,31 @@ def fit_em(
 
         progress = sys.stderr.isatty()
     start_time = time.perf_counter()
+    # Closed-form ML iterations run on centred data (exactly the same likelihood): the
+    # models' expanded quadratic forms would otherwise lose their precision to an offset.
+    shift = data.mean(0) if m_step == "closed_form" else None
+    work = data if shift is None else data - shift
     if m_step == "closed_form":
-        engine = _ClosedForm(model, data, reg)
+        engine = _ClosedForm(model, work, reg)
     else:
-        engine = _Generic(model, data, objective, reg, inner_steps)
+        engine = _Generic(model, work, objective, reg, inner_steps)
     runs: list[_Run] = []
     with tqdm(total=n_init * max_iter, disable=not progress, desc="EM", leave=False) as bar:
         for restart in range(n_init):
             how = init if restart == 0 or not isinstance(init, Mapping) else "kmeans"
-            run = _start_and_run(engine, how, data, k, generator, max_iter, tol, bar)
+            how = _shifted_init(how, shift)
+            run = _start_and_run(engine, how, work, k, generator, max_iter, tol, bar)
             runs.append(run)
     fit_seconds = time.perf_counter() - start_time
     finite = [r for r in runs if math.isfinite(r.objective)]
     if not finite:
-        raise RuntimeError("every EM restart ended with a non-finite objective")
+        raise ValueError(
+            "every EM restart ended with a non-finite log-likelihood: the data are too extreme "
+            "for this model (try fewer components, or rescale the data)"
+        )
     best = max(finite, key=lambda r: r.objective)
+    if shift is not None:
+        best.params = {**best.params, "locs": best.params["locs"] + shift}
 
     # The final E-step of the best run already evaluated its parameters.
     total_ll = best.total_log_likelihood

@@ -163,7 +163,13 @@ def collapse_causes(
         )
     floor = torch.where(reg > 0, reg, torch.ones_like(reg))
     scaled = covariances / (floor.sqrt().unsqueeze(-1) * floor.sqrt().unsqueeze(-2))
-    smallest = torch.linalg.eigvalsh(scaled)[..., 0]
+    if not torch.isfinite(scaled).all():
+        bad = sorted({int(k) for k in torch.nonzero(~torch.isfinite(scaled))[:, 0]})
+        return [*notes, f"component(s) {bad} collapsed to a non-finite covariance"]
+    try:
+        smallest = torch.linalg.eigvalsh(0.5 * (scaled + scaled.mT))[..., 0]
+    except torch.linalg.LinAlgError:  # too ill-conditioned to decompose: the diagonal bounds it
+        smallest = torch.diagonal(scaled, dim1=-2, dim2=-1).amin(-1)
     limit = torch.where((reg > 0).all(), 10.0, 0.0)
     on_floor = [
         int(k) for k in torch.nonzero(smallest <= limit).flatten() if int(k) not in empty
