@@ -230,6 +230,8 @@ class EndToEnd:
     our_ll: list[float]
     sk_seconds: list[float]
     our_seconds: list[float]
+    sk_cpu: list[float]
+    our_cpu: list[float]
 
     @property
     def best(self) -> float:
@@ -250,33 +252,34 @@ class EndToEnd:
         )
 
 
-def _default_sklearn(x: np.ndarray, k: int, seed: int, max_iter: int) -> tuple[float, float]:
-    start = time.perf_counter()
+def _default_sklearn(x: np.ndarray, k: int, seed: int, max_iter: int):
+    start, cpu = time.perf_counter(), time.process_time()
     model = SkGaussianMixture(k, random_state=seed, max_iter=max_iter).fit(x)
-    seconds = time.perf_counter() - start
-    return float(model.score(x)), seconds
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return float(model.score(x)), seconds, cpu
 
 
-def _default_ours(x_t: torch.Tensor, k: int, seed: int, max_iter: int) -> tuple[float, float]:
-    start = time.perf_counter()
+def _default_ours(x_t: torch.Tensor, k: int, seed: int, max_iter: int):
+    start, cpu = time.perf_counter(), time.process_time()
     result = fit_em(GaussianMixture(k), x_t, seed=seed, max_iter=max_iter, progress=False)
-    seconds = time.perf_counter() - start
-    return float(result.info["mean_log_likelihood"]), seconds
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return float(result.info["mean_log_likelihood"]), seconds, cpu
 
 
 def run_end_to_end(n, d, k, seeds, max_iter, data_seed) -> EndToEnd:
     x = simulate(n, d, k, data_seed)
     x_t = torch.from_numpy(x)
-    out = EndToEnd(n, d, k, [], [], [], [])
+    out = EndToEnd(n, d, k, [], [], [], [], [], [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for seed in range(seeds):
             sides = [("sk", _default_sklearn, x), ("our", _default_ours, x_t)]
             for side, fit, data in sides if seed % 2 == 0 else sides[::-1]:
                 time.sleep(PAUSE)
-                ll, seconds = fit(data, k, seed, max_iter)
+                ll, seconds, cpu = fit(data, k, seed, max_iter)
                 getattr(out, f"{side}_ll").append(ll)
                 getattr(out, f"{side}_seconds").append(seconds)
+                getattr(out, f"{side}_cpu").append(cpu)
     return out
 
 
@@ -294,6 +297,9 @@ def report_end_to_end(e: EndToEnd) -> None:
             f"  {side:<13s} reached {e.share(lls):4.0%}   worst {worst:.6f}   "
             f"time {span(getattr(e, 'sk_seconds' if side == 'scikit-learn' else 'our_seconds'))}"
         )
+    cpu = statistics.median(e.our_cpu) / statistics.median(e.sk_cpu)
+    print(f"  CPU time (process)     scikit-learn median {statistics.median(e.sk_cpu) * 1e3:.1f} "
+          f"ms, ours {statistics.median(e.our_cpu) * 1e3:.1f} ms, ratio {cpu:.3f}")
     print(
         f"  ratio of medians ours/sk {e.ratio:.3f} (per seed {min(ratios):.3f}-{max(ratios):.3f})"
         f"   (goal <= {END_TO_END_RATIO_GOAL:g}; share goal: ours >= scikit-learn): "
