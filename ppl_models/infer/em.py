@@ -494,6 +494,14 @@ def fit_em(
         against 0.7 s; 10,000 x 10, K=5: 7.4 s against 0.04 s; 1,000 x 5, K=3: 0.13 s
         against 0.01 s).
 
+    Notes
+    -----
+    The closed-form (maximum-likelihood) iterations run on the data minus their mean, which
+    leaves the likelihood unchanged and keeps the models' expanded quadratic forms precise for
+    data with a large offset (values near 1e8); ``locs`` are reported in the data's own
+    coordinates. Data whose spread the floating-point grid cannot resolve (float32 values near
+    1e8, say) are refused (:func:`~ppl_models.infer.regularisation.check_resolution`).
+
     Returns
     -------
     FitResult
