@@ -204,21 +204,20 @@ def kmeans_moments(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Weights, means and covariances ``(K, D, D)`` of the k-means clusters.
 
-    The M-step of EM from hard responsibilities (:math:`w_k = N_k / N`, :math:`\mu_k`,
-    :math:`\Sigma_k = S_k / N_k + \operatorname{diag}(\epsilon)`) over the points k-means
-    was fitted on (its subsample when N is large: a start for EM, whose first iteration sees
-    every point). An empty cluster (fewer than K distinct points) gets weight 0, the overall
-    mean and covariance, and is reported by EM as collapsed.
+    The M-step of EM from the hard responsibilities of every point (:math:`w_k = N_k / N`,
+    :math:`\mu_k`, :math:`\Sigma_k = S_k / N_k + \operatorname{diag}(\epsilon)`), in one
+    vectorised pass (no ``(N, K)`` responsibility matrix through the model's M-step). On all
+    points rather than the k-means subsample: measured, that saves EM an iteration (10,000 x
+    10, K=5: 2 iterations instead of 3) for less than the cost of one. An empty cluster
+    (fewer than K distinct points) gets weight 0, the overall mean and covariance, and is
+    reported by EM as collapsed.
 
     Parameters
     ----------
     reg : Tensor (D,) or float
         Added to every covariance diagonal.
     """
-    fit = kmeans(data, k, generator, **options)
-    labels = fit.labels
-    if fit.sample is not None:
-        data, labels = data[fit.sample], labels[fit.sample]
+    labels = kmeans(data, k, generator, **options).labels
     n, d = data.shape
     one_hot = torch.nn.functional.one_hot(labels, k).to(data.dtype)  # (N, K)
     counts = one_hot.sum(0)
