@@ -219,16 +219,16 @@ def kmeans_moments(
     """
     labels = kmeans(data, k, generator, **options).labels
     n, d = data.shape
-    one_hot = torch.nn.functional.one_hot(labels, k).to(data.dtype)  # (N, K)
-    counts = one_hot.sum(0)
-    empty = counts == 0
-    means = (one_hot.T @ data) / counts.clamp(min=1.0).unsqueeze(1)
-    means[empty] = data.mean(0)
-    diff = data - means[labels]  # centred on each point's own cluster: no cancellation
-    second = (one_hot.T.unsqueeze(1) * diff.T.unsqueeze(0)) @ diff  # (K, D, D)
-    covs = second / counts.clamp(min=1.0)[:, None, None]
-    if empty.any():
-        centred = data - data.mean(0)
-        covs[empty] = centred.T @ centred / n
+    counts = torch.bincount(labels, minlength=k)
+    clusters = data[labels.argsort()].split(counts.tolist())  # contiguous, cluster by cluster
+    weights = counts.to(data.dtype) / n
+    means = torch.empty(k, d, dtype=data.dtype)
+    covs = torch.empty(k, d, d, dtype=data.dtype)
+    for j, members in enumerate(clusters):
+        if members.shape[0] == 0:
+            members = data  # an empty cluster: the overall moments, weight 0
+        means[j] = members.mean(0)
+        centred = members - means[j]  # centred on its own mean: no cancellation
+        covs[j] = centred.T @ centred / members.shape[0]
     covs = covs + torch.as_tensor(reg, dtype=data.dtype) * torch.eye(d, dtype=data.dtype)
-    return counts / n, means, covs
+    return weights, means, covs
