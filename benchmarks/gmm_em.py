@@ -8,7 +8,7 @@ same start:
 (a) ``sklearn.mixture.GaussianMixture(weights_init=, means_init=, precisions_init=, tol=1e-3,
     reg_covar=1e-6)``;
 (b) ``ppl_models.infer.fit_em(GaussianMixture(K, cov_type), x, init={weights, locs,
-    covariances}, tol=1e-3, reg_covar=1e-6, progress=False)``.
+    covariances}, tol=1e-3, reg_covar=1e-6, reg_covar_mode="absolute", progress=False)``.
 
 Each fit is timed alone (``time.perf_counter`` around the fit call only; scoring is outside
 the timed region). One small fit of each library is run first, untimed, so that import and
@@ -172,6 +172,7 @@ def fit_ours(x_t, k, covariance_type, init, max_iter):
         init={"weights": w0, "locs": m0, "covariances": c0},
         tol=TOL,
         reg_covar=REG_COVAR,
+        reg_covar_mode="absolute",  # as scikit-learn's, for a like-for-like comparison
         max_iter=max_iter,
         progress=False,
         standard_errors=False,
