@@ -22,7 +22,7 @@ every point: for the start of EM, centres from a few hundred points per cluster 
 as from all of them, at a fraction of the cost. Measured (20 seeds, see ``benchmarks/
 RESULTS.md``): with 3 seedings on 400 points per centre, EM from this start reached the best
 known log-likelihood on 19/20 seeds (100,000 x 2, K=5) and 20/20 (10,000 x 10, K=5), against
-15/20 and 19/20 for scikit-learn's default; with 1 seeding 13/20 and 19/20.
+15/20 and 19/20 for scikit-learn's default; with 1 seeding 14/20 and 19/20.
 
 The data are centred first, so that an offset (values near :math:`10^8`) does not cost the
 squared distances their precision. Everything is equivariant to a common rescaling of the data
