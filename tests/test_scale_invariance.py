@@ -85,3 +85,11 @@ def test_float32_grid_too_coarse_is_refused() -> None:
     x = _data() + 1e8
     with pytest.raises(ValueError, match=r"spaced 8 apart in float32.*float64"):
         _fit(x, dtype=torch.float32)
+
+
+def test_float32_data_already_rounded_are_refused_even_when_fitting_in_float64() -> None:
+    # float32 values near 1e8 were rounded to multiples of 8 before fit_em saw them: casting
+    # them to float64 cannot bring the spread back.
+    x = (_data() + 1e8).to(torch.float32)
+    with pytest.raises(ValueError, match=r"spaced 8 apart in float32.*pass the data as float64"):
+        _fit(x)

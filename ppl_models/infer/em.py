@@ -519,8 +519,10 @@ def fit_em(
         raise ValueError(f"tol must be non-negative; got {tol}")
     if not reg_covar >= 0:
         raise ValueError(f"reg_covar must be non-negative; got {reg_covar}")
-    data = model.validate(data).to(dtype) if hasattr(model, "validate") else data.to(dtype)
-    check_resolution(data, columns)
+    data = model.validate(data) if hasattr(model, "validate") else data
+    check_resolution(data, columns)  # as given: float32 data near 1e8 are already rounded
+    data = data.to(dtype)
+    check_resolution(data, columns)  # and in the precision of the fit
     reg = reg_covar_per_feature(data, reg_covar, reg_covar_mode)
     objective = _resolve_objective(model, objective)
     reason = (

@@ -99,7 +99,8 @@ def check_resolution(data: torch.Tensor, columns: Sequence[str] | None = None) -
     j = int(bad[0])
     name = columns[j] if columns is not None and j < len(columns) else f"feature {j}"
     remedy = (
-        "fit in float64 (dtype=torch.float64)"
+        "pass the data as float64 and fit in float64 (load() reads float64; fit_em's "
+        "dtype=torch.float64)"
         if data.dtype != torch.float64
         else "subtract a reference value (centre the data) before fitting"
     )
