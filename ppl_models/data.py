@@ -18,7 +18,9 @@ editable install. Set the environment variable ``PPL_MODELS_DATA_DIR`` to use an
 
 from __future__ import annotations
 
+import csv
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -61,7 +63,7 @@ def load(
     name_or_path: str | os.PathLike[str],
     columns: Sequence[str | int] | str | int | None = None,
     standardize: bool = False,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float64,
     *,
     key: str | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
@@ -73,7 +75,11 @@ def load(
         A bundled name (a key of :data:`BUNDLED`, e.g. ``"faithful"``) or a path to a file whose
         name ends in ``.csv`` (read with :func:`pandas.read_csv`; the first line is the header) or
         ``.npz`` (read with :func:`numpy.load` with ``allow_pickle=False``). A string is treated as
-        a bundled name first.
+        a bundled name first. A CSV file's delimiter (``,``, ``;``, tab or ``|``) is the one
+        that splits every row into as many fields as the header; with a delimiter other than
+        ``,``, numbers written with a decimal comma (``1,5``) are read as such. A file whose
+        rows do not all have the header's number of fields is refused (pandas would silently
+        turn the first column into row labels when rows have one field more).
     columns : sequence of str or int, str, int, optional
         Columns to keep, in this order. For a CSV file, column names. For an ``.npz`` array,
         integer column indices (negative indices count from the end). A single name or index is
@@ -82,8 +88,10 @@ def load(
         If True, subtract each column's mean and divide by its standard deviation computed with
         ``ddof=1`` (the sample standard deviation, as R's ``sd``/``scale``). The arithmetic is
         done in float64 before casting to `dtype`.
-    dtype : torch.dtype, default torch.float32
-        Floating-point dtype of the returned tensor.
+    dtype : torch.dtype, default torch.float64
+        Floating-point dtype of the returned tensor. float64 by default: in float32 values near
+        ``1e8`` are 8 apart, so timestamps, incomes or counts with an offset lose their spread.
+        A value beyond float32's range is refused as one that "overflows float32".
     key : str, optional
         For an ``.npz`` archive, the name of the array to load. May be omitted when the archive
         holds exactly one array. Not allowed for CSV files.
@@ -102,9 +110,11 @@ def load(
         If the file (or a bundled data set's file) does not exist.
     ValueError
         If the name is neither a bundled name nor a ``.csv`` / ``.npz`` path; the file cannot be
-        parsed; a requested column or key does not exist; a column is non-numeric; the data hold
-        NaN or infinite values; the data are empty; an ``.npz`` array is not 2-D; or, with
-        ``standardize=True``, a column has zero variance or there are fewer than 2 rows.
+        parsed; its rows do not match its header; a requested column or key does not exist; a
+        cell is not a number (the message names its column and row); the data hold NaN or
+        infinite values, or values that overflow the requested `dtype`; the data are empty; an
+        ``.npz`` array is not 2-D; or, with ``standardize=True``, a column has zero variance or
+        there are fewer than 2 rows.
 
     Warns
     -----
@@ -118,6 +128,8 @@ def load(
     >>> x, names = load("faithful")
     >>> tuple(x.shape), names
     ((272, 2), ['eruptions', 'waiting'])
+    >>> x.dtype
+    torch.float64
     >>> x, names = load("faithful", columns=["waiting"], standardize=True)
     >>> tuple(x.shape)
     (272, 1)
@@ -139,6 +151,7 @@ def load(
     _check_finite_columns(arr, names, str(path))
     if standardize:
         arr = _standardize(arr, names, str(path))
+    _check_range(arr, names, str(path), dtype)
     # Copy: pandas may hand back a read-only view, which torch cannot wrap safely.
     return torch.from_numpy(np.array(arr, dtype=np.float64, copy=True)).to(dtype), names
 
@@ -157,9 +170,10 @@ def check_data(x: object, *, name: str = "data") -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        `x` as a tensor: float64 if `x` is float64, otherwise float32. A tensor input keeps its
-        device (and autograd graph); a NumPy input is copied, so later in-place changes to the
-        tensor do not alter the caller's array.
+        `x` as a tensor: float64 if `x` is float64, or integers that float32 cannot hold
+        exactly (magnitude above :math:`2^{24}`, e.g. timestamps), otherwise float32. A tensor
+        input keeps its device (and autograd graph); a NumPy input is copied, so later in-place
+        changes to the tensor do not alter the caller's array.
 
     Raises
     ------
@@ -180,8 +194,8 @@ def check_data(x: object, *, name: str = "data") -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         if x.is_complex():
             raise ValueError(f"{name}: expected real numeric values, got dtype {x.dtype}")
-        target = torch.float64 if x.dtype == torch.float64 else torch.float32
-        t = x.to(target)
+        wide = x.dtype == torch.float64 or _large_integers(x)
+        t = x.to(torch.float64 if wide else torch.float32)
     else:
         try:
             a = np.asarray(x)
@@ -190,7 +204,8 @@ def check_data(x: object, *, name: str = "data") -> torch.Tensor:
                              f"{exc}") from exc
         if a.dtype.kind not in "biuf":
             raise ValueError(f"{name}: expected real numeric values, got dtype {a.dtype}")
-        target_np = np.float64 if a.dtype == np.float64 else np.float32
+        wide = a.dtype == np.float64 or _large_integers(a)
+        target_np = np.float64 if wide else np.float32
         t = torch.from_numpy(np.array(a, dtype=target_np, copy=True))
 
     if t.ndim != 2:
@@ -210,6 +225,17 @@ def check_data(x: object, *, name: str = "data") -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _large_integers(x: torch.Tensor | np.ndarray) -> bool:
+    """Integers beyond float32's exact range (2**24), which float32 would round."""
+    if isinstance(x, torch.Tensor):
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool or x.numel() == 0:
+            return False
+        return bool(x.abs().max() > 2**24)
+    if x.dtype.kind not in "iu" or x.size == 0:
+        return False
+    return bool(np.abs(x.astype(np.float64)).max() > 2**24)
 
 
 def _resolve(name_or_path: str | os.PathLike[str]) -> Path:
@@ -269,11 +295,14 @@ def _read_csv(path: Path, columns: list[str | int] | None) -> tuple[np.ndarray, 
     if b"\x00" in head:
         raise ValueError(f"{path}: could not parse the CSV file: it contains NUL bytes "
                          "(a binary file, not text)")
+    layout = _csv_layout(path)
+    if layout is None:
+        raise ValueError(f"{path}: data are empty (no header and no rows)")
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, sep=layout.sep, decimal=layout.decimal, index_col=False)
     except pd.errors.EmptyDataError as exc:
         raise ValueError(f"{path}: data are empty (no header and no rows)") from exc
-    except (ValueError, OSError) as exc:  # ParserError, UnicodeDecodeError, ...
+    except (ValueError, OSError) as exc:  # ParserError, ...
         raise ValueError(f"{path}: could not parse the CSV file: "
                          f"{type(exc).__name__}: {exc}") from exc
 
@@ -303,10 +332,104 @@ def _read_csv(path: Path, columns: list[str | int] | None) -> tuple[np.ndarray, 
     for c in names:
         s = sub[c]
         if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_complex_dtype(s):
-            example = s.dropna().iloc[0] if s.notna().any() else None
-            raise ValueError(f"{path}: column {c!r} is not numeric (dtype {s.dtype}, "
-                             f"e.g. value {example!r})")
+            raise ValueError(_non_numeric_message(path, c, s, layout))
     return sub.to_numpy(dtype=np.float64, na_value=np.nan), names
+
+
+class _Layout:
+    """Delimiter, decimal mark and the file line of every data row of a CSV file."""
+
+    def __init__(self, sep: str, decimal: str, lines: list[int]) -> None:
+        self.sep, self.decimal, self.lines = sep, decimal, lines
+
+
+_DELIMITERS = (",", ";", "\t", "|")
+_DECIMAL_COMMA = re.compile(r"^\s*[+-]?\d*,\d+([eE][+-]?\d+)?\s*$")
+_DECIMAL_POINT = re.compile(r"^\s*[+-]?\d*\.\d+([eE][+-]?\d+)?\s*$")
+
+
+def _csv_rows(path: Path, sep: str) -> list[tuple[int, list[str]]]:
+    """Non-blank rows of a CSV file split at ``sep``, each with its line number."""
+    try:
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh, delimiter=sep)
+            return [(reader.line_num, row) for row in reader if row]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: could not parse the CSV file: "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+
+def _csv_layout(path: Path) -> _Layout | None:
+    """Find the delimiter that splits every row like the header, and the decimal mark.
+
+    Refuses a file in which no candidate delimiter gives every row the header's number of
+    fields (pandas would otherwise shift a row with one extra field into the index, or read a
+    ``;``-separated file as one text column). ``None`` for a file without any row.
+    """
+    parsed = {sep: _csv_rows(path, sep) for sep in _DELIMITERS}
+    if not parsed[","]:
+        return None
+    consistent = []
+    for sep, rows in parsed.items():
+        width = len(rows[0][1])
+        if all(len(row) == width for _, row in rows):
+            consistent.append((width, sep))
+    multi = [(w, sep) for w, sep in consistent if w > 1]
+    if multi:
+        sep = max(multi, key=lambda ws: (ws[0], -_DELIMITERS.index(ws[1])))[1]
+    elif (1, ",") in consistent:
+        sep = ","  # one column
+    elif _one_column_of_decimal_commas(parsed[";"]):
+        sep = ";"  # one column, numbers like 1,5 (no ';' anywhere: every row is one field)
+    else:
+        rows = parsed[","]
+        width = len(rows[0][1])
+        line, row = next((ln, r) for ln, r in rows if len(r) != width)
+        raise ValueError(
+            f"{path}: line {line} has {len(row)} field(s) but the header has {width} (delimiter "
+            "','; ';', tab and '|' do not fit every row either); a row with one field more than "
+            "the header would silently lose a column to the row labels: fix the file"
+        )
+    rows = parsed[sep]
+    if len(rows[0][1]) == 1:
+        # One column: an empty line after the header is a missing value, not a blank line.
+        lines = path.read_text(encoding="utf-8").splitlines()
+        gap = next((i + 1 for i, line in enumerate(lines) if i > 0 and not line.strip()), None)
+        if gap is not None:
+            raise ValueError(f"{path}: line {gap} is empty: in a one-column file that is a "
+                             "missing value; remove or impute it")
+    cells = [cell for _, row in rows[1:101] for cell in row]
+    decimal = "."
+    if sep != "," and any(_DECIMAL_COMMA.match(c) for c in cells) and not any(
+        _DECIMAL_POINT.match(c) for c in cells
+    ):
+        decimal = ","
+    return _Layout(sep, decimal, [line for line, _ in rows[1:]])
+
+
+def _one_column_of_decimal_commas(rows: list[tuple[int, list[str]]]) -> bool:
+    """A one-column file whose cells all read as numbers with a decimal comma."""
+    if any(len(row) != 1 for _, row in rows):
+        return False
+    cells = [row[0] for _, row in rows[1:]]
+    return bool(cells) and all(
+        _DECIMAL_COMMA.match(c) or re.fullmatch(r"\s*[+-]?\d*\s*", c) for c in cells
+    ) and any(_DECIMAL_COMMA.match(c) for c in cells)
+
+
+def _non_numeric_message(path: Path, column: str, values: pd.Series, layout: _Layout) -> str:
+    """Name the column, row and file line of the first cell that is not a number."""
+    text = values.astype(str)
+    if layout.decimal == ",":
+        text = text.str.replace(",", ".", regex=False)
+    coerced = pd.to_numeric(text.where(values.notna()), errors="coerce")
+    bad = np.flatnonzero((coerced.isna() & values.notna()).to_numpy())
+    if bad.size == 0:
+        return f"{path}: column {column!r} is not numeric (dtype {values.dtype})"
+    i = int(bad[0])
+    line = layout.lines[i] if i < len(layout.lines) else i + 2
+    return (f"{path}: column {column!r} is not numeric: row {i + 1} (line {line} of the file) "
+            f"holds {values.iloc[i]!r}")
 
 
 def _read_npz(path: Path, columns: list[str | int] | None,
@@ -318,7 +441,7 @@ def _read_npz(path: Path, columns: list[str | int] | None,
             archive = np.load(fh, allow_pickle=False)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{path}: could not read the .npz file (corrupt or truncated?): "
-                             f"{type(exc).__name__}: {exc}") from exc
+                             f"{_describe(exc)}") from None
         if not isinstance(archive, np.lib.npyio.NpzFile):
             raise ValueError(f"{path}: not an .npz archive (it holds a single .npy array; "
                              "save arrays with numpy.savez)")
@@ -336,10 +459,19 @@ def _read_npz(path: Path, columns: list[str | int] | None,
                                  f"available keys: {keys}")
             try:
                 raw = archive[key]
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            except ValueError as exc:
+                if "pickle" in str(exc):  # an object array: never offer to unpickle it
+                    raise ValueError(f"{path}: could not read array {key!r} from the .npz file: "
+                                     "it holds Python objects, not numbers; save a numeric "
+                                     "array") from None
+                raise ValueError(f"{path}: could not read array {key!r} from the .npz file "
+                                 f"(corrupt or truncated?): {type(exc).__name__}") from exc
+            except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
                 raise ValueError(f"{path}: could not read array {key!r} from the .npz file "
                                  f"(corrupt or truncated?): {type(exc).__name__}: {exc}") from exc
 
+    if not isinstance(raw, np.ndarray):
+        raise ValueError(f"{path}: entry {key!r} of the archive is not a .npy array")
     if raw.dtype.kind not in "biuf":
         raise ValueError(f"{path}: array {key!r} is not numeric (dtype {raw.dtype})")
     if raw.ndim != 2:
@@ -367,6 +499,14 @@ def _read_npz(path: Path, columns: list[str | int] | None,
     return arr, [f"{key}[{j}]" for j in idx]
 
 
+def _describe(exc: BaseException) -> str:
+    """An exception as text, without numpy's advice to unpickle (``allow_pickle``): running
+    a file's code is never the way to read data."""
+    if "pickle" in str(exc):
+        return "not a numeric .npz archive (it looks like pickled Python objects)"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _check_finite_columns(arr: np.ndarray, names: list[str], source: str) -> None:
     """Raise if any column holds NaN or infinite values, naming columns and row counts."""
     bad = ~np.isfinite(arr)
@@ -377,6 +517,18 @@ def _check_finite_columns(arr: np.ndarray, names: list[str], source: str) -> Non
     n_rows = int(bad.any(axis=1).sum())
     raise ValueError(f"{source}: NaN or infinite values in column(s) {', '.join(parts)} "
                      f"({n_rows} of {arr.shape[0]} rows affected); remove or impute them first")
+
+
+def _check_range(arr: np.ndarray, names: list[str], source: str, dtype: torch.dtype) -> None:
+    """Refuse finite values that the target dtype cannot hold (they would become inf)."""
+    limit = torch.finfo(dtype).max
+    over = np.abs(arr) > limit
+    if not over.any():
+        return
+    row, col = (int(i) for i in np.argwhere(over)[0])
+    kind = str(dtype).removeprefix("torch.")
+    raise ValueError(f"{source}: column {names[col]!r}, row {row + 1}: value {arr[row, col]:.6g} "
+                     f"overflows {kind} (largest {limit:.3g}); load in float64 (the default)")
 
 
 def _standardize(arr: np.ndarray, names: list[str], source: str) -> np.ndarray:

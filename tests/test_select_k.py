@@ -87,7 +87,9 @@ def test_bic_and_aic_equal_scikit_learn_at_the_same_fits(selection):
 def test_posterior_loo_matches_independent_importance_sampling():
     x = torch.as_tensor(three_clusters(80, seed=1), dtype=torch.float32)
     model = GaussianMixture(3, "full")
-    em = fit_em(model, x, n_init=3, progress=False)
+    # The k-means++ start this Monte Carlo comparison was calibrated on (the default k-means
+    # start reaches the same optimum with the components in another order).
+    em = fit_em(model, x, n_init=3, progress=False, init="kmeans++")
     result = fit_svi(model, x, guide="full_rank", num_steps=400, lr=0.02,
                      init=dict(em.params), num_draws=400, progress=False)
     elpd = posterior_loo(result)

@@ -5,6 +5,7 @@ from ppl_models.infer.em import fit_em, kmeans_plus_plus
 from ppl_models.infer.evaluation import elbo_terms, log_marginal_likelihood
 from ppl_models.infer.mcmc import fit_mcmc
 from ppl_models.infer.result import FitResult
+from ppl_models.infer.standard_errors import standard_errors
 from ppl_models.infer.svi import fit_svi, load_checkpoint
 from ppl_models.infer.trainer import TrainerConfig
 
@@ -19,4 +20,5 @@ __all__ = [
     "kmeans_plus_plus",
     "load_checkpoint",
     "log_marginal_likelihood",
+    "standard_errors",
 ]

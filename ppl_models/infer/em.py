@@ -33,11 +33,25 @@ from torch.distributions import biject_to
 from tqdm.auto import tqdm
 
 import guides
+from ppl_models._shared.checks import check_float, check_int
+from ppl_models._shared.progress import show_progress
 from ppl_models.data import check_data
+from ppl_models.infer.kmeans import kmeans_moments, kmeans_responsibilities
+from ppl_models.infer.regularisation import (
+    check_resolution,
+    collapse_causes,
+    feature_variance,
+    moment_covariances,
+    reg_covar_per_feature,
+)
 from ppl_models.infer.result import FitResult
+from ppl_models.infer.standard_errors import compute_standard_errors
 from ppl_models.models import ClosedFormEM, FiniteMixture, LatentModel, MixtureModel
 
 __all__ = ["fit_em", "kmeans_plus_plus"]
+
+#: Retries of a k-means restart whose fit collapsed a component.
+_COLLAPSE_RETRIES = 2
 
 #: Relative slack below which a drop of the objective counts as round-off, not a violation.
 _MONOTONE_SLACK = 1e-9
@@ -257,22 +271,24 @@ def _require_sites(params: Mapping[str, Any], required) -> None:
         raise ValueError(f"init is missing the global site(s) {missing}")
 
 
-def _collapse_notes(model, params, data: torch.Tensor, reg_covar: float, held: bool) -> list[str]:
-    """Warnings for components that collapsed (the model says which, if it can tell)."""
-    if not isinstance(model, MixtureModel):
+def _collapse_notes(model, params, data: torch.Tensor, reg_covar, held: bool) -> list[str]:
+    """Warnings for components that collapsed, naming the cause found (mixtures only)."""
+    if not isinstance(model, FiniteMixture):
         return []
-    collapsed = model.degenerate_components(params, data.shape[0], reg_covar)
-    if not collapsed:
-        return []
-    how = (
-        f"their covariance is held by reg_covar={reg_covar:g}"
-        if held
-        else "the generic M-step does not floor variances: consider priors (objective='map')"
+    full = model.full_params(params, data.shape[1])
+    reg = torch.as_tensor(reg_covar, dtype=data.dtype).expand(data.shape[1])
+    return collapse_causes(
+        moment_covariances(model, params),
+        full["weights"],
+        data.shape[0],
+        reg,
+        held=held,
+        data_var=feature_variance(data),
     )
-    return [
-        f"component(s) {collapsed} collapsed (smallest variance at most 10 x reg_covar, or "
-        f"fewer than one point); {how}"
-    ]
+
+
+def _collapsed(run: _Run) -> bool:
+    return any("collapsed" in note for note in run.notes)
 
 
 # --------------------------------------------------------------------------- driver
@@ -312,13 +328,20 @@ def _initial_state(engine, init, data: torch.Tensor, k: int, generator: torch.Ge
             f"init={init!r} needs a mixture (n_components, initial_params); pass "
             "init={site: value} for the model's global sites"
         )
+    if init == "kmeans" and isinstance(engine, _ClosedForm):  # moments without (N, K) resp
+        w, mu, cov = kmeans_moments(data, k, generator, engine.reg_covar)
+        return engine.from_params(engine.model.site_params_from_moments(w, mu, cov))
+    if init == "kmeans":
+        return engine.from_resp(kmeans_responsibilities(data, k, generator))
     if init == "kmeans++":
         return engine.from_resp(kmeans_plus_plus(data, k, generator))
     if init == "random":
         flat = torch.ones(k, dtype=data.dtype)
         resp = torch.distributions.Dirichlet(flat).sample((data.shape[0],))
         return engine.from_resp(resp)
-    raise ValueError(f"init must be 'kmeans++', 'random' or a dict of values; got {init!r}")
+    raise ValueError(
+        f"init must be 'kmeans', 'kmeans++', 'random' or a dict of values; got {init!r}"
+    )
 
 
 def _run(engine, state, n: int, max_iter: int, tol: float, progress) -> _Run:
@@ -366,15 +389,45 @@ def _run(engine, state, n: int, max_iter: int, tol: float, progress) -> _Run:
     )
 
 
+def _start_and_run(engine, how, data, k, generator, max_iter, tol, bar) -> _Run:
+    """One restart; from k-means, retried from the next seeding while a component collapses
+    (the best attempt is kept)."""
+    attempts = 1 + (_COLLAPSE_RETRIES if how == "kmeans" else 0)
+    best: _Run | None = None
+    for _ in range(attempts):
+        run = _run(
+            engine,
+            _initial_state(engine, how, data, k, generator),
+            data.shape[0],
+            max_iter,
+            tol,
+            bar,
+        )
+        bar.update(max_iter - run.n_iter)
+        if best is None or run.objective > best.objective or not math.isfinite(best.objective):
+            best = run
+        if not _collapsed(run):
+            return run
+    return best
+
+
+def _shifted_init(init, shift: torch.Tensor | None):
+    """A dict start moved to the centred coordinates (locations minus ``shift``)."""
+    if shift is None or not isinstance(init, Mapping) or "locs" not in init:
+        return init
+    return {**init, "locs": torch.as_tensor(init["locs"], dtype=shift.dtype) - shift}
+
+
 def fit_em(
     model,
     data: torch.Tensor,
     *,
-    init: str | Mapping[str, Any] = "kmeans++",
+    init: str | Mapping[str, Any] = "kmeans",
     n_init: int = 1,
     max_iter: int = 100,
     tol: float = 1e-3,
     reg_covar: float = 1e-6,
+    reg_covar_mode: str = "relative",
     objective: str = "auto",
     m_step: str = "auto",
     inner_steps: int = 50,
@@ -382,6 +435,7 @@ def fit_em(
     dtype: torch.dtype = torch.float64,
     progress: bool | None = None,
     columns: list[str] | None = None,
+    standard_errors: bool = False,
 ) -> FitResult:
     """Fit a model with one enumerated discrete latent by expectation-maximisation.
 
@@ -394,19 +448,29 @@ def fit_em(
         generic numerical M-step otherwise. ``init="kmeans++"``/``"random"`` need a
         :class:`~ppl_models.models.MixtureModel`; other models take ``init={site: value}``.
     data : Tensor (N, D)
-    init : {"kmeans++", "random"} or dict
-        Starting point: k-means++ seeding (hard responsibilities from the nearest seed),
-        random responsibilities, or values ``{"weights", "locs", "covariances"}`` (moment form,
-        as scikit-learn's ``weights_init``/``means_init``) or ``{site: value}``. A dict is used
-        for the first restart only; later restarts use k-means++.
+    init : {"kmeans", "kmeans++", "random"} or dict
+        Starting point: k-means (greedy k-means++ seeding then Lloyd iterations, best of a few
+        seedings, see :mod:`ppl_models.infer.kmeans`; the default, as scikit-learn's), k-means++
+        seeding alone (hard responsibilities from the nearest seed), random
+        responsibilities, or values ``{"weights", "locs", "covariances"}`` (moment form, as
+        scikit-learn's ``weights_init``/``means_init``) or ``{site: value}``. A dict is used
+        for the first restart only; later restarts use k-means.
     n_init : int
-        Restarts; the one with the highest final objective is kept.
+        Restarts; the one with the highest final objective is kept. A restart from k-means
+        that ends with a collapsed component is retried from the next seeding (up to
+        ``_COLLAPSE_RETRIES`` times).
     max_iter, tol : int, float
         Stop when the objective (per observation) changes by less than ``tol`` (as
         scikit-learn), or after ``max_iter`` iterations.
     reg_covar : float
-        Added to every covariance diagonal in the closed-form M-step, which keeps a collapsing
-        component finite; such components are reported in ``info["warnings"]``.
+        Regularisation added to every covariance diagonal in the closed-form M-step, which keeps
+        a collapsing component finite; such components are reported, with the cause found, in
+        ``info["warnings"]``.
+    reg_covar_mode : {"relative", "absolute"}
+        ``relative`` (default): feature :math:`d` gets ``reg_covar`` times its variance, so the
+        fit is the same in any units (rescaling the data changes the log-likelihood by exactly
+        the Jacobian); a constant feature is then refused. ``absolute``: ``reg_covar`` itself,
+        as scikit-learn. See :mod:`ppl_models.infer.regularisation`.
     objective : {"auto", "ml", "map"}
         Maximum likelihood, or the posterior mode under the model's priors. ``auto``: MAP if
         the user gave priors, else ML.
@@ -422,6 +486,21 @@ def fit_em(
         Progress bar (default: when standard error is a terminal).
     columns : list of str, optional
         Feature names recorded in the result.
+    standard_errors : bool
+        Store standard errors and asymptotic Wald intervals of every reported parameter
+        (observed information, delta method; :mod:`ppl_models.infer.standard_errors`) in
+        ``info["standard_errors"]``. Off by default: one double-backward pass per free
+        parameter costs 3 to 200 times the fit itself (measured: 100,000 x 2, K=5: 2.3 s
+        against 0.7 s; 10,000 x 10, K=5: 7.4 s against 0.04 s; 1,000 x 5, K=3: 0.13 s
+        against 0.01 s).
+
+    Notes
+    -----
+    The closed-form (maximum-likelihood) iterations run on the data minus their mean, which
+    leaves the likelihood unchanged and keeps the models' expanded quadratic forms precise for
+    data with a large offset (values near 1e8); ``locs`` are reported in the data's own
+    coordinates. Data whose spread the floating-point grid cannot resolve (float32 values near
+    1e8, say) are refused (:func:`~ppl_models.infer.regularisation.check_resolution`).
 
     Returns
     -------
@@ -429,17 +508,18 @@ def fit_em(
         ``params`` in the sites' own space, ``history["log_likelihood"]`` (mean per
         observation, labels summed out) and ``history["objective"]``, and in ``info``: the
         objective, ``bic``, ``aic``, ``log_likelihood`` (total), each restart's objective,
-        ``monotone_violations`` and ``warnings``.
+        ``monotone_violations``, ``warnings``, ``reg_covar_mode``, ``reg_covar_per_feature``
+        and (see ``standard_errors``) ``standard_errors``.
     """
-    if not isinstance(n_init, int) or n_init < 1:
-        raise ValueError(f"n_init must be a positive integer; got {n_init!r}")
-    if not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive integer; got {max_iter!r}")
-    if not tol >= 0:
-        raise ValueError(f"tol must be non-negative; got {tol}")
-    if not reg_covar >= 0:
-        raise ValueError(f"reg_covar must be non-negative; got {reg_covar}")
-    data = (model.validate(data) if isinstance(model, LatentModel) else check_data(data)).to(dtype)
+    n_init = check_int(n_init, "n_init")
+    max_iter = check_int(max_iter, "max_iter")
+    tol = check_float(tol, "tol", minimum=0)
+    reg_covar = check_float(reg_covar, "reg_covar", minimum=0)
+    data = model.validate(data) if isinstance(model, LatentModel) else check_data(data)
+    check_resolution(data, columns)  # as given: float32 data near 1e8 are already rounded
+    data = data.to(dtype)
+    check_resolution(data, columns)  # and in the precision of the fit
+    reg = reg_covar_per_feature(data, reg_covar, reg_covar_mode)
     objective = _resolve_objective(model, objective)
     reason = (
         model.closed_form_unavailable(objective)
@@ -457,28 +537,33 @@ def fit_em(
     pyro.set_rng_seed(0 if seed is None else int(seed))
     n = data.shape[0]
     k = model.n_components if isinstance(model, MixtureModel) else None
-    if progress is None:
-        import sys
-
-        progress = sys.stderr.isatty()
+    progress = show_progress(progress)
     start_time = time.perf_counter()
+    # Closed-form ML iterations run on centred data (exactly the same likelihood): the
+    # models' expanded quadratic forms would otherwise lose their precision to an offset.
+    shift = data.mean(0) if m_step == "closed_form" else None
+    work = data if shift is None else data - shift
     if m_step == "closed_form":
-        engine = _ClosedForm(model, data, reg_covar)
+        engine = _ClosedForm(model, work, reg)
     else:
-        engine = _Generic(model, data, objective, reg_covar, inner_steps)
+        engine = _Generic(model, work, objective, reg, inner_steps)
     runs: list[_Run] = []
     with tqdm(total=n_init * max_iter, disable=not progress, desc="EM", leave=False) as bar:
         for restart in range(n_init):
-            how = init if restart == 0 or not isinstance(init, Mapping) else "kmeans++"
-            state = _initial_state(engine, how, data, k, generator)
-            run = _run(engine, state, n, max_iter, tol, bar)
+            how = init if restart == 0 or not isinstance(init, Mapping) else "kmeans"
+            how = _shifted_init(how, shift)
+            run = _start_and_run(engine, how, work, k, generator, max_iter, tol, bar)
             runs.append(run)
-            bar.update(max_iter - run.n_iter)
     fit_seconds = time.perf_counter() - start_time
     finite = [r for r in runs if math.isfinite(r.objective)]
     if not finite:
-        raise RuntimeError("every EM restart ended with a non-finite objective")
+        raise ValueError(
+            "every EM restart ended with a non-finite log-likelihood: the data are too extreme "
+            "for this model (try fewer components, or rescale the data)"
+        )
     best = max(finite, key=lambda r: r.objective)
+    if shift is not None:
+        best.params = {**best.params, "locs": best.params["locs"] + shift}
 
     # The final E-step of the best run already evaluated its parameters.
     total_ll = best.total_log_likelihood
@@ -504,10 +589,12 @@ def fit_em(
         "restart_objectives": [r.objective for r in runs],
         "monotone_violations": best.monotone_violations,
         "reg_covar": reg_covar,
+        "reg_covar_mode": reg_covar_mode,
+        "reg_covar_per_feature": reg.tolist(),
         "tol": tol,
         "warnings": notes,
     }
-    return FitResult(
+    result = FitResult(
         model=model,
         method="em",
         data=data,
@@ -521,3 +608,6 @@ def fit_em(
         info=info,
         columns=list(columns) if columns is not None else [],
     )
+    if standard_errors:
+        info["standard_errors"] = compute_standard_errors(result).to_json()
+    return result

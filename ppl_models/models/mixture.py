@@ -360,17 +360,6 @@ class FiniteMixture(LatentModel, MixtureModel):
             out["weights"] = torch.ones(*batch, 1, dtype=out["locs"].dtype)
         return out
 
-    def degenerate_components(
-        self, params: Mapping[str, torch.Tensor], n_obs: int, floor: float
-    ) -> list[int]:
-        """Components whose smallest variance fell to ``10 * floor`` (or to 0), or that hold
-        less than one observation's worth of weight."""
-        full = self.full_params(params, params["locs"].shape[-1])
-        smallest = torch.linalg.eigvalsh(self.covariances(full))[..., 0]
-        held = smallest <= 10 * floor if floor > 0 else smallest <= 0
-        empty = full["weights"] * n_obs < 1.0
-        return [int(i) for i in torch.nonzero(held | empty).flatten()]
-
     def log_likelihood(
         self, data: torch.Tensor, params: Mapping[str, torch.Tensor]
     ) -> torch.Tensor:

@@ -165,12 +165,6 @@ class MixtureModel(CollapsedLikelihood, Protocol):
         component counted from the right of the site's own shape (``-2`` for ``(K, D)``),
         for label switching."""
 
-    @abstractmethod
-    def degenerate_components(
-        self, params: Mapping[str, torch.Tensor], n_obs: int, floor: float
-    ) -> list[int]:
-        """Components that collapsed (a variance at the floor, or less than one point)."""
-
 
 @runtime_checkable
 class ClosedFormEM(Protocol):
