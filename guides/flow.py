@@ -64,8 +64,11 @@ class IAFNormal(AutoIAFNormal):
 
     def get_posterior(self, *args: Any, **kwargs: Any) -> dist.Distribution:
         if self.transform is None:
-            flow = self._init_transform_fn(self.latent_dim)
-            start = dist.transforms.AffineTransform(self._init_loc(), self.init_scale)
+            loc = self._init_loc()
+            # The flow's networks in the model's precision (float64 data give float64 sites).
+            flow = self._init_transform_fn(self.latent_dim).to(dtype=loc.dtype)
+            start = dist.transforms.AffineTransform(loc, self.init_scale, cache_size=1)
+            self._prototype_tensor = loc.new_zeros(())  # the base distribution's dtype
             self._init_transform_fn = lambda _: dist.transforms.ComposeTransformModule(
                 [*_modules(flow), start]
             )

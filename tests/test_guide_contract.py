@@ -170,8 +170,10 @@ MIXTURE = {"per_kind": {"laplace": {"init": "em"}}}
 CASES = [
     Case("gmm_full", lambda: GaussianMixture(2, "full"), faithful, mixture_sites,
          refused=NO_AMORTISING, **MIXTURE),
+    # K=3 on two clusters: the redundant component leaves EM's optimum short of a posterior
+    # mode (an indefinite Hessian, refused by the Laplace guide); MAP steps reach one.
     Case("gmm_diag", lambda: GaussianMixture(3, "diag"), faithful, mixture_sites,
-         refused=NO_AMORTISING, **MIXTURE),
+         refused=NO_AMORTISING, per_kind={"laplace": {"init": "em", "num_steps": 200}}),
     Case("gmm_spherical", lambda: GaussianMixture(2, "spherical"), faithful, mixture_sites,
          refused=NO_AMORTISING, **MIXTURE),
     Case("student_t_full", lambda: StudentTMixture(2, "full"), faithful, mixture_sites,

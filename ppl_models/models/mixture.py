@@ -227,18 +227,19 @@ class FiniteMixture(LatentModel, MixtureModel):
     def _sample_global(self, name: str, data, n_features: int, plate) -> torch.Tensor:
         shape = self.site_shapes(n_features)[name]
         spec = self.prior(name, data, n_features)
+        dtype = torch.get_default_dtype() if data is None else data.dtype
         if isinstance(spec, torch.Tensor):
-            return spec.to(torch.get_default_dtype() if data is None else data.dtype).expand(
-                shape
-            )
+            return spec.to(dtype).expand(shape)
         event_dim = self.site_specs()[name].event_dim
         extra = event_dim - len(spec.event_shape)
         batch = shape[: len(shape) - len(spec.event_shape)]
         prior = spec.expand(batch).to_event(extra) if extra else spec.expand(batch)
+        # A user's prior may be in another precision than the data (a float32 prior, float64
+        # data): drawn from it, a value is used in the data's precision.
         if name == "weights":
-            return pyro.sample(name, prior)
+            return pyro.sample(name, prior).to(dtype)
         with plate:
-            return pyro.sample(name, prior)
+            return pyro.sample(name, prior).to(dtype)
 
     def sample_globals(
         self, data: torch.Tensor | None, n_features: int
