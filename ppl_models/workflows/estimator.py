@@ -31,17 +31,18 @@ from ppl_models.diagnostics.memberships import (
     relabelled_point_and_draws,
 )
 from ppl_models.infer import fit_em, fit_mcmc, fit_svi
+from ppl_models.infer.regularisation import REG_COVAR_MODES, reg_covar_per_feature
 from ppl_models.models import GaussianMixture as MixtureModel
 from ppl_models.models.mixture import COVARIANCE_TYPES
 
 __all__ = ["GaussianMixture"]
 
 METHODS = ("em", "svi", "nuts")
-INIT_PARAMS = ("kmeans++", "random")
+INIT_PARAMS = ("kmeans", "kmeans++", "random")
 
 #: The settings each method reads (the others are shared).
 _METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
-    "em": ("tol", "reg_covar", "max_iter", "n_init", "init_params"),
+    "em": ("tol", "reg_covar", "reg_covar_mode", "max_iter", "n_init", "init_params"),
     "svi": ("guide", "num_steps", "num_draws"),
     "nuts": ("num_samples", "warmup_steps", "num_chains"),
 }
@@ -78,13 +79,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     tol : float, default 1e-3
         EM: stop when the mean log-likelihood per observation changes by less than ``tol``.
     reg_covar : float, default 1e-6
-        EM: added to every covariance diagonal.
+        EM: added to every covariance diagonal (times each feature's variance when
+        ``reg_covar_mode="relative"``).
+    reg_covar_mode : {"absolute", "relative"}, default "absolute"
+        EM: ``absolute`` is scikit-learn's meaning of ``reg_covar`` (this class keeps its
+        vocabulary and semantics); ``relative``, :func:`~ppl_models.infer.fit_em`'s default,
+        makes the fit the same in any units of the data.
     max_iter : int, default 100
         EM iterations per start.
     n_init : int, default 1
         EM starts; the best is kept.
-    init_params : {"kmeans++", "random"}, default "kmeans++"
-        EM: how starts are drawn (k-means++ seeds, or random responsibilities).
+    init_params : {"kmeans", "kmeans++", "random"}, default "kmeans"
+        EM: how starts are drawn (k-means as scikit-learn's default, k-means++ seeds alone,
+        or random responsibilities).
     weights_init, means_init, precisions_init : array-like, optional
         A starting point in scikit-learn's shapes (``precisions_init``: ``(K, D, D)``,
         ``(K, D)`` or ``(K,)`` by ``covariance_type``), used by every method (EM's first start;
@@ -151,9 +158,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         method: str = "em",
         tol: float = 1e-3,
         reg_covar: float = 1e-6,
+        reg_covar_mode: str = "absolute",
         max_iter: int = 100,
         n_init: int = 1,
-        init_params: str = "kmeans++",
+        init_params: str = "kmeans",
         weights_init: Any = None,
         means_init: Any = None,
         precisions_init: Any = None,
@@ -170,6 +178,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.method = method
         self.tol = tol
         self.reg_covar = reg_covar
+        self.reg_covar_mode = reg_covar_mode
         self.max_iter = max_iter
         self.n_init = n_init
         self.init_params = init_params
@@ -197,6 +206,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         ):
             check_int(getattr(self, name), name, minimum=low)
         check_choice(self.init_params, "init_params", INIT_PARAMS)
+        check_choice(self.reg_covar_mode, "reg_covar_mode", REG_COVAR_MODES)
         if not isinstance(self.guide, str):
             raise ValueError(f"guide must be the name of a guide kind; got {self.guide!r}")
         defaults = type(self)().get_params()
@@ -238,10 +248,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.precisions_init is None:
             diff = x[None] - means[:, None]  # (K, N, D)
             cov = np.einsum("kn,kni,knj->kij", resp.T, diff, diff) / nk[:, None, None]
-            cov += self.reg_covar * np.eye(d)
+            reg = reg_covar_per_feature(
+                torch.as_tensor(x), self.reg_covar, self.reg_covar_mode
+            ).numpy()
+            cov += np.diag(reg)
             # a component with no nearest observation borrows the data's spread
             empty = resp.sum(0) == 0
-            cov[empty] = np.atleast_2d(np.cov(x.T, bias=True)) + self.reg_covar * np.eye(d)
+            cov[empty] = np.atleast_2d(np.cov(x.T, bias=True)) + np.diag(reg)
             if self.covariance_type == "diag":
                 cov = np.diagonal(cov, axis1=1, axis2=2).copy()
             elif self.covariance_type == "spherical":
@@ -322,7 +335,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             return fit_em(
                 model, x, init=self.init_params if state is None else state,
                 n_init=self.n_init, max_iter=self.max_iter, tol=self.tol,
-                reg_covar=self.reg_covar, seed=seed, progress=False,
+                reg_covar=self.reg_covar, reg_covar_mode=self.reg_covar_mode, seed=seed,
+                progress=False,
             )
         init = None if state is None else model.em_params(state)
         if self.method == "svi":
