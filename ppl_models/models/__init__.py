@@ -6,10 +6,13 @@ registry names to every model class, :data:`MIXTURES` to the finite mixtures. Im
 :mod:`ppl_models.models.mixture_vae` here registers the ``"mog"`` and ``"vamp"`` latent priors.
 """
 
+from ppl_models.models.adversarial_autoencoder import AdversarialAutoencoder, WassersteinAutoencoder
+from ppl_models.models.gan import GAN
 from ppl_models.models.gmm import GaussianMixture
 from ppl_models.models.mixture import FiniteMixture
 from ppl_models.models.mixture_vae import GMVAE, MixtureOfGaussiansPrior, VampPrior
 from ppl_models.models.protocols import (
+    AdversarialModel,
     AmortizedModel,
     ClosedFormEM,
     CollapsedLikelihood,
@@ -23,10 +26,13 @@ from ppl_models.models.student_t_mixture import StudentTMixture
 from ppl_models.models.vae import VAE
 
 __all__ = [
+    "GAN",
     "GMVAE",
     "MIXTURES",
     "MODELS",
     "VAE",
+    "AdversarialAutoencoder",
+    "AdversarialModel",
     "AmortizedModel",
     "ClosedFormEM",
     "CollapsedLikelihood",
@@ -39,5 +45,6 @@ __all__ = [
     "MixtureOfGaussiansPrior",
     "StudentTMixture",
     "VampPrior",
+    "WassersteinAutoencoder",
     "build_model",
 ]

@@ -11,6 +11,8 @@ from typing import Any
 
 import pyro.distributions as dist
 
+from ppl_models.models.adversarial_autoencoder import AdversarialAutoencoder, WassersteinAutoencoder
+from ppl_models.models.gan import GAN
 from ppl_models.models.gmm import GaussianMixture
 from ppl_models.models.mixture import FiniteMixture
 from ppl_models.models.mixture_vae import GMVAE
@@ -31,6 +33,9 @@ MODELS: dict[str, type[LatentModel]] = {
     **MIXTURES,
     VAE.name: VAE,
     GMVAE.name: GMVAE,
+    GAN.name: GAN,
+    AdversarialAutoencoder.name: AdversarialAutoencoder,
+    WassersteinAutoencoder.name: WassersteinAutoencoder,
 }
 
 
