@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import ClassVar
 
 import pyro.distributions as dist
 import pytest
@@ -37,14 +38,14 @@ from ppl_models.models import (
 class Ring(dist.TorchDistribution):
     """A user's own prior with nothing but ``sample``: a noisy circle of radius ``r``."""
 
-    arg_constraints: dict = {}
+    arg_constraints: ClassVar[dict] = {}
     support = dist.constraints.real_vector
 
     def __init__(self, radius: float = 2.0, noise: float = 0.1) -> None:
         self.radius, self.noise = radius, noise
         super().__init__(torch.Size(), torch.Size([2]))
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         angle = torch.rand(sample_shape) * 2 * math.pi
         r = self.radius + self.noise * torch.randn(sample_shape)
         return torch.stack([r * angle.cos(), r * angle.sin()], -1)

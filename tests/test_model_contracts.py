@@ -23,10 +23,13 @@ from scipy.special import logsumexp
 from ppl_models import fit_em
 from ppl_models.diagnostics import to_inference_data
 from ppl_models.models import (
+    GAN,
     GMVAE,
     MIXTURES,
     MODELS,
     VAE,
+    AdversarialAutoencoder,
+    AdversarialModel,
     AmortizedModel,
     ClosedFormEM,
     CollapsedLikelihood,
@@ -35,12 +38,13 @@ from ppl_models.models import (
     LabelledAmortized,
     LatentModel,
     MixtureModel,
+    WassersteinAutoencoder,
     protocols,
 )
 
 ROLES = (
     LatentModel, CollapsedLikelihood, MixtureModel, ClosedFormEM, ImportanceWeighted,
-    AmortizedModel, LabelledAmortized,
+    AmortizedModel, LabelledAmortized, AdversarialModel,
 )
 
 #: A small instance of every registered class, by registry name.
@@ -49,6 +53,9 @@ EXAMPLES = {
     "student_t_mixture": lambda: MIXTURES["student_t_mixture"](2, "diag", df=5.0),
     "vae": lambda: VAE(6, 2, prior="vamp", hidden=(8,)),
     "gmvae": lambda: GMVAE(6, 2, 3, hidden=(8,)),
+    "gan": lambda: GAN(2, 2, hidden=(8,), d_hidden=(8,)),
+    "aae": lambda: AdversarialAutoencoder(2, 2, hidden=(8,), d_hidden=(8,)),
+    "wae": lambda: WassersteinAutoencoder(2, 2, penalty="gan", hidden=(8,), d_hidden=(8,)),
 }
 
 #: What each registered class must declare (by inheritance).
@@ -57,6 +64,9 @@ DECLARED = {
     "student_t_mixture": {LatentModel, CollapsedLikelihood, MixtureModel},
     "vae": {LatentModel, ImportanceWeighted, AmortizedModel},
     "gmvae": {LatentModel, ImportanceWeighted, AmortizedModel, LabelledAmortized},
+    "gan": {LatentModel, AdversarialModel},
+    "aae": {LatentModel, AdversarialModel},
+    "wae": {LatentModel, AdversarialModel},
 }
 
 
