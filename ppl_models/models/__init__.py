@@ -7,8 +7,9 @@ registry names to every model class, :data:`MIXTURES` to the finite mixtures. Im
 """
 
 from ppl_models.models.adversarial_autoencoder import AdversarialAutoencoder, WassersteinAutoencoder
-from ppl_models.models.gan import GAN
+from ppl_models.models.gan import DCGAN, GAN
 from ppl_models.models.gmm import GaussianMixture
+from ppl_models.models.infogan import InfoGAN
 from ppl_models.models.mixture import FiniteMixture
 from ppl_models.models.mixture_vae import GMVAE, MixtureOfGaussiansPrior, VampPrior
 from ppl_models.models.protocols import (
@@ -26,6 +27,7 @@ from ppl_models.models.student_t_mixture import StudentTMixture
 from ppl_models.models.vae import VAE
 
 __all__ = [
+    "DCGAN",
     "GAN",
     "GMVAE",
     "MIXTURES",
@@ -39,6 +41,7 @@ __all__ = [
     "FiniteMixture",
     "GaussianMixture",
     "ImportanceWeighted",
+    "InfoGAN",
     "LabelledAmortized",
     "LatentModel",
     "MixtureModel",

@@ -39,11 +39,13 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import nn
 
 from ppl_models._shared.checks import check_float
-from ppl_models.nn import MLPTrunk
+from ppl_models.nn import IMAGE_SHAPE, MLPTrunk, check_image_dim
 
 __all__ = [
     "IMQ_SCALES",
     "KERNELS",
+    "ConvDiscriminator",
+    "ConvGenerator",
     "Discriminator",
     "check_sampled_prior",
     "gaussian_kernel",
@@ -129,6 +131,68 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(x)).squeeze(-1)
+
+
+class ConvGenerator(nn.Module):
+    """DCGAN generator for ``1 x 28 x 28`` images: ``z (..., L) -> (..., 784)`` pre-sigmoid.
+
+    A dense layer to ``c2 x 7 x 7`` maps, then two stride-2 transposed convolutions
+    (4x4 kernels: 7 -> 14 -> 28), batch normalisation and ReLU after every layer but the last
+    (Radford et al. 2016, section 3: no pooling, no dense hidden layers beyond the projection).
+    """
+
+    def __init__(self, latent_dim: int, output_dim: int = 784,
+                 channels: tuple[int, int] = (64, 128)) -> None:
+        super().__init__()
+        check_image_dim(output_dim)
+        c1, c2 = channels
+        self.output_dim = output_dim
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, c2 * 7 * 7),
+            nn.BatchNorm1d(c2 * 7 * 7),
+            nn.ReLU(),
+            nn.Unflatten(1, (c2, 7, 7)),
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
+            nn.BatchNorm2d(c1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c1, IMAGE_SHAPE[0], 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch = z.shape[:-1]
+        out = self.net(z.reshape(-1, z.shape[-1]))
+        return out.reshape(*batch, self.output_dim)
+
+
+class ConvDiscriminator(nn.Module):
+    """DCGAN discriminator for ``1 x 28 x 28`` images: ``x (..., 784) -> (...)`` logits.
+
+    Two stride-2 convolutions (28 -> 14 -> 7) with leaky ReLU (slope 0.2), batch normalisation
+    on the second (none on the input layer), then a linear unit (Radford et al. 2016).
+    :meth:`features` gives the flattened last feature maps.
+    """
+
+    def __init__(self, input_dim: int = 784, channels: tuple[int, int] = (64, 128)) -> None:
+        super().__init__()
+        check_image_dim(input_dim)
+        c1, c2 = channels
+        self.trunk = nn.Sequential(
+            nn.Conv2d(IMAGE_SHAPE[0], c1, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
+            nn.BatchNorm2d(c2),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+        )
+        self.feature_dim = c2 * 7 * 7
+        self.head = nn.Linear(self.feature_dim, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[:-1]
+        return self.trunk(x.reshape(-1, *IMAGE_SHAPE)).reshape(*batch, self.feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).squeeze(-1)
 
 
 def check_sampled_prior(

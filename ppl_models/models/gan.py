@@ -18,10 +18,15 @@ For a fixed :math:`G` the best discriminator is :math:`D^*(x) = p_{\text{data}}(
 (Goodfellow et al. 2014, Proposition 1 and Theorem 1). Fitted by
 :func:`ppl_models.infer.adversarial.fit_adversarial`.
 
+:class:`DCGAN` is the same model with the convolutional networks of Radford et al. (2016) for
+``1 x 28 x 28`` images.
+
 References
 ----------
 Goodfellow, I., Pouget-Abadie, J., Mirza, M., Xu, B., Warde-Farley, D., Ozair, S.,
 Courville, A. & Bengio, Y. (2014). Generative adversarial nets. NeurIPS.
+Radford, A., Metz, L. & Chintala, S. (2016). Unsupervised representation learning with deep
+convolutional generative adversarial networks. ICLR.
 """
 
 from __future__ import annotations
@@ -36,11 +41,16 @@ from torch import nn
 
 from ppl_models._shared.checks import check_choice, check_int
 from ppl_models.data import check_data
-from ppl_models.models.adversarial import Discriminator, observation_plate
+from ppl_models.models.adversarial import (
+    ConvDiscriminator,
+    ConvGenerator,
+    Discriminator,
+    observation_plate,
+)
 from ppl_models.models.protocols import AdversarialDraws, AdversarialModel, LatentModel
 from ppl_models.nn import MLPDecoder
 
-__all__ = ["GAN", "OUTPUTS"]
+__all__ = ["DCGAN", "GAN", "OUTPUTS"]
 
 #: What the generator's last layer maps to: ``real`` (identity) or ``unit`` (a sigmoid, for
 #: pixel intensities in [0, 1]).
@@ -101,10 +111,16 @@ class GAN(nn.Module, LatentModel, AdversarialModel):
         self.d_hidden = (d_hidden,) if isinstance(d_hidden, int) else tuple(d_hidden)
         self.activation = activation
         self.output = check_choice(output, "output", OUTPUTS)
-        self.generator = MLPDecoder(self.latent_dim, self.data_dim, self.hidden, activation)
-        self.discriminator = Discriminator(self.data_dim, self.d_hidden)
+        self.generator = self._make_generator()
+        self.discriminator = self._make_discriminator()
         self.register_buffer("prior_loc", torch.zeros(self.latent_dim))
         self.register_buffer("prior_scale", torch.ones(self.latent_dim))
+
+    def _make_generator(self) -> nn.Module:
+        return MLPDecoder(self.latent_dim, self.data_dim, self.hidden, self.activation)
+
+    def _make_discriminator(self) -> nn.Module:
+        return Discriminator(self.data_dim, self.d_hidden)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -139,8 +155,8 @@ class GAN(nn.Module, LatentModel, AdversarialModel):
         data = check_data(data)
         if data.shape[1] != self.data_dim:
             raise ValueError(
-                f"the GAN generates {self.data_dim} features per observation; the data have "
-                f"{data.shape[1]}"
+                f"the {type(self).__name__} generates {self.data_dim} features per "
+                f"observation; the data have {data.shape[1]}"
             )
         if self.output == "unit" and bool(((data < 0) | (data > 1)).any()):
             raise ValueError(
@@ -201,3 +217,47 @@ class GAN(nn.Module, LatentModel, AdversarialModel):
     def generator_terms(self, x: torch.Tensor, draws: AdversarialDraws) -> dict[str, torch.Tensor]:
         """None: the generator plays the game alone."""
         return {}
+
+
+class DCGAN(GAN):
+    r"""Deep convolutional GAN for ``1 x 28 x 28`` images (Radford et al. 2016).
+
+    The model of :class:`GAN` (:math:`z \sim \mathcal N(0, I_L)`, :math:`x = G(z)`) with the
+    paper's architecture guidelines: strided (transposed) convolutions instead of pooling,
+    batch normalisation in both networks, ReLU in the generator, leaky ReLU in the
+    discriminator (:class:`~ppl_models.models.adversarial.ConvGenerator`,
+    :class:`~ppl_models.models.adversarial.ConvDiscriminator`); the generator's output is
+    squashed into (0, 1) by a sigmoid for intensities (the paper's tanh for [-1, 1]). Train it
+    with ``fit_adversarial(..., lr=2e-4, betas=(0.5, 0.999))``, the paper's Adam settings.
+    Batch normalisation keeps running statistics (in ``state_dict``, so checkpoints carry
+    them); :meth:`generate` uses the networks in their current mode.
+
+    Parameters
+    ----------
+    latent_dim : int
+        L, size of the noise (the paper: 100).
+    channels : tuple of int
+        Feature maps of the two convolutional layers (generator: 14x14 then 28x28 in reverse;
+        discriminator: 14x14, 7x7).
+    output : {"unit", "real"}
+    """
+
+    name: ClassVar[str] = "dcgan"
+
+    def __init__(self, latent_dim: int = 100, *, channels: Sequence[int] = (64, 128),
+                 output: str = "unit") -> None:
+        channels = tuple(check_int(c, f"channels[{i}]") for i, c in enumerate(channels))
+        if len(channels) != 2:
+            raise ValueError(f"channels must hold 2 widths; got {list(channels)}")
+        self.channels: tuple[int, int] = (channels[0], channels[1])
+        super().__init__(784, latent_dim, hidden=(), d_hidden=(), output=output)
+
+    def _make_generator(self) -> nn.Module:
+        return ConvGenerator(self.latent_dim, self.data_dim, self.channels)
+
+    def _make_discriminator(self) -> nn.Module:
+        return ConvDiscriminator(self.data_dim, self.channels)
+
+    def config(self) -> dict[str, Any]:
+        return {"latent_dim": self.latent_dim, "channels": list(self.channels),
+                "output": self.output}

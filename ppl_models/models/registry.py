@@ -12,8 +12,9 @@ from typing import Any
 import pyro.distributions as dist
 
 from ppl_models.models.adversarial_autoencoder import AdversarialAutoencoder, WassersteinAutoencoder
-from ppl_models.models.gan import GAN
+from ppl_models.models.gan import DCGAN, GAN
 from ppl_models.models.gmm import GaussianMixture
+from ppl_models.models.infogan import InfoGAN
 from ppl_models.models.mixture import FiniteMixture
 from ppl_models.models.mixture_vae import GMVAE
 from ppl_models.models.protocols import LatentModel
@@ -34,6 +35,8 @@ MODELS: dict[str, type[LatentModel]] = {
     VAE.name: VAE,
     GMVAE.name: GMVAE,
     GAN.name: GAN,
+    DCGAN.name: DCGAN,
+    InfoGAN.name: InfoGAN,
     AdversarialAutoencoder.name: AdversarialAutoencoder,
     WassersteinAutoencoder.name: WassersteinAutoencoder,
 }
