@@ -24,12 +24,14 @@ from ppl_models.infer.checkpoint import load_checkpoint
 from ppl_models.infer.trainer import STEPS, StepInputs
 from ppl_models.infer.trainer.steps import AdversarialStep
 from ppl_models.models import (
+    DCGAN,
     GAN,
     MODELS,
     VAE,
     AdversarialAutoencoder,
     AdversarialModel,
     AmortizedModel,
+    InfoGAN,
     LatentModel,
     WassersteinAutoencoder,
 )
@@ -69,6 +71,9 @@ MODELS_UNDER_TEST = {
     "aae": lambda: AdversarialAutoencoder(3, 2, prior=_mixture(), hidden=(8,), d_hidden=(8,)),
     "wae_mmd": lambda: WassersteinAutoencoder(3, 2, hidden=(8,)),
     "wae_gan": lambda: WassersteinAutoencoder(3, 2, penalty="gan", hidden=(8,), d_hidden=(8,)),
+    "infogan": lambda: InfoGAN(3, 2, n_categories=3, n_continuous=2, hidden=(8,),
+                               d_hidden=(8,), q_hidden=(8,)),
+    "dcgan": lambda: DCGAN(3, channels=(2, 4), output="real"),
 }
 
 
@@ -79,19 +84,26 @@ def test_roles_shapes_and_simulation(name):
     assert isinstance(model, LatentModel) and isinstance(model, AdversarialModel)
     assert not isinstance(model, AmortizedModel)
     assert MODELS[model.name] is type(model)
-    x = torch.randn(5, 3)
+    d = 784 if name == "dcgan" else 3
+    x = torch.randn(5, d)
     draws = model.adversarial_draws(x)
-    width = 3 if name == "gan" else 2
-    assert draws.real.shape == draws.fake.shape == (5, width)
-    assert model.generate(7).shape == (7, 3)
+    autoencoder = isinstance(model, AdversarialAutoencoder)
+    assert draws.real.shape == draws.fake.shape == (5, 2 if autoencoder else d)
+    assert model.generate(7).shape == (7, d)
     trace = poutine.trace(model.model).get_trace(None, n_obs=4)
-    assert trace.nodes["z"]["value"].shape == (4, 2)
-    assert trace.nodes["x"]["value"].shape == (4, 3)
+    assert trace.nodes["z"]["value"].shape == (4, 3 if name == "dcgan" else 2)
+    assert trace.nodes["x"]["value"].shape == (4, d)
+    if name == "infogan":
+        assert trace.nodes["code"]["value"].shape == (4,)
+        assert trace.nodes["style"]["value"].shape == (4, 2)
+        assert set(draws.context) == {"code", "style"}
+        logits, means = model.infer_codes(x)
+        assert logits.shape == (5, 3) and means.shape == (5, 2)
     batch = poutine.trace(model.model).get_trace(x[:2], n_obs=5, subsample=torch.tensor([1, 3]))
-    assert batch.nodes["x"]["value"].shape == (2, 3)
+    assert batch.nodes["x"]["value"].shape == (2, d)
     rebuilt = type(model).from_config(model.config(), dict(model.priors))
     assert rebuilt.config() == model.config()
-    if name != "gan":
+    if autoencoder:
         assert model.encode(x).shape == (5, 2) and model.decode(draws.fake).shape == (5, 3)
     has_discriminator = name != "wae_mmd"
     assert bool(model.discriminator_parameters()) == has_discriminator
@@ -145,13 +157,20 @@ def _imq_mmd_by_loops(a, b, scale):
 def _reference_update(model, x, *, loss, d_steps, lr, d_lr, seed):
     """Goodfellow et al. (2014) Algorithm 1, one iteration, written from the paper."""
     ref = copy.deepcopy(model)
-    gan = isinstance(ref, GAN)
+    gan, info = isinstance(ref, GAN), isinstance(ref, InfoGAN)
     g_params = (list(ref.generator.parameters()) if gan
                 else [*ref.encoder.parameters(), *ref.decoder.parameters()])
+    if info:
+        g_params += list(ref.code_inference.parameters())
     g_opt = torch.optim.Adam(g_params, lr=lr, betas=(0.5, 0.999))
     torch.manual_seed(seed)
+    codes = {}
 
     def real_and_fake():
+        if info:
+            z, codes["c"], codes["s"] = ref._draw(x.shape[0])
+            return x, ref.transform(torch.cat(
+                [z, torch.eye(ref.n_categories, dtype=x.dtype)[codes["c"]], codes["s"]], -1))
         if gan:
             return x, ref.transform(ref.prior_distribution().sample((x.shape[0],)))
         return ref.prior.sample((x.shape[0],)).to(x.dtype), ref.encoder(x)
@@ -176,6 +195,13 @@ def _reference_update(model, x, *, loss, d_steps, lr, d_lr, seed):
         total = total + weight * adv
     else:
         total = total + ref.weight * _imq_mmd_by_loops(fake, real, ref.kernel_scale)
+    if info:  # -lambda (E log Q(c|x) + lambda_s E log N(s; mu(x), 1)), written out
+        out = ref.code_inference.head(ref.code_inference.trunk(fake))
+        logits, means = out[:, : ref.n_categories], out[:, ref.n_categories:]
+        log_q_c = torch.log(torch.softmax(logits, -1))[torch.arange(len(x)), codes["c"]]
+        log_q_s = (-0.5 * (codes["s"] - means) ** 2 - 0.5 * math.log(2 * math.pi)).sum(-1)
+        total = total - ref.info_weight * (log_q_c.mean()
+                                           + ref.continuous_weight * log_q_s.mean())
     g_opt.zero_grad()
     total.backward()
     g_opt.step()
@@ -185,11 +211,14 @@ def _reference_update(model, x, *, loss, d_steps, lr, d_lr, seed):
 @pytest.mark.parametrize(("name", "loss", "d_steps"), [
     ("gan", "non_saturating", 1), ("gan", "minimax", 2), ("aae", "non_saturating", 2),
     ("wae_mmd", "non_saturating", 1), ("wae_gan", "minimax", 1),
+    ("infogan", "non_saturating", 2), ("dcgan", "minimax", 1),
 ])
 def test_one_update_matches_the_algorithm_written_from_the_papers(name, loss, d_steps):
     torch.manual_seed(3)
     model = MODELS_UNDER_TEST[name]().double()
-    x = torch.randn(6, 3, dtype=torch.float64)
+    if name == "infogan":
+        model.continuous_weight = 0.3
+    x = torch.randn(6, 784 if name == "dcgan" else 3, dtype=torch.float64)
     reference, total = _reference_update(model, x, loss=loss, d_steps=d_steps, lr=0.01,
                                          d_lr=0.02, seed=11)
     step = AdversarialStep(model, 0.01, 0.5, 10, d_steps=d_steps, loss=loss, d_lr=0.02)
@@ -198,10 +227,12 @@ def test_one_update_matches_the_algorithm_written_from_the_papers(name, loss, d_
     assert value == pytest.approx(30 * total, rel=1e-9)
     before = MODELS_UNDER_TEST[name]().double().state_dict()
     for key, tensor in model.state_dict().items():
-        torch.testing.assert_close(tensor, reference.state_dict()[key], atol=1e-10, rtol=0)
+        torch.testing.assert_close(tensor, reference.state_dict()[key], atol=1e-8, rtol=0)
         if "prior" not in key:
             assert not torch.equal(tensor, before[key]), key  # every player moved
-    expected = {"reconstruction"} if name != "gan" else set()
+    expected = {"reconstruction"} if name in ("aae", "wae_mmd", "wae_gan") else set()
+    if name == "infogan":
+        expected |= {"information"}
     if name == "wae_mmd":
         expected |= {"penalty"}
     else:
