@@ -89,7 +89,8 @@ def fit_adversarial(
     Parameters
     ----------
     model : AdversarialModel
-        E.g. :class:`~ppl_models.models.gan.GAN`,
+        E.g. :class:`~ppl_models.models.gan.GAN`, :class:`~ppl_models.models.gan.DCGAN`,
+        :class:`~ppl_models.models.infogan.InfoGAN`,
         :class:`~ppl_models.models.adversarial_autoencoder.AdversarialAutoencoder`,
         :class:`~ppl_models.models.adversarial_autoencoder.WassersteinAutoencoder`.
     data : Tensor (N, D)

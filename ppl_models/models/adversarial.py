@@ -1,7 +1,8 @@
 r"""Pieces shared by the adversarial families: the discriminator network, sampled priors,
 kernels and the unbiased MMD estimator.
 
-The models themselves are in :mod:`ppl_models.models.gan` (GAN) and
+The models themselves are in :mod:`ppl_models.models.gan` (GAN, DCGAN),
+:mod:`ppl_models.models.infogan` (InfoGAN) and
 :mod:`ppl_models.models.adversarial_autoencoder` (adversarial and Wasserstein autoencoders);
 the training step is :class:`ppl_models.infer.trainer.steps.AdversarialStep`.
 
