@@ -23,24 +23,30 @@ from scipy.special import logsumexp
 from ppl_models import fit_em
 from ppl_models.diagnostics import to_inference_data
 from ppl_models.models import (
+    DCGAN,
+    GAN,
     GMVAE,
     MIXTURES,
     MODELS,
     VAE,
+    AdversarialAutoencoder,
+    AdversarialModel,
     AmortizedModel,
     ClosedFormEM,
     CollapsedLikelihood,
     GaussianMixture,
     ImportanceWeighted,
+    InfoGAN,
     LabelledAmortized,
     LatentModel,
     MixtureModel,
+    WassersteinAutoencoder,
     protocols,
 )
 
 ROLES = (
     LatentModel, CollapsedLikelihood, MixtureModel, ClosedFormEM, ImportanceWeighted,
-    AmortizedModel, LabelledAmortized,
+    AmortizedModel, LabelledAmortized, AdversarialModel,
 )
 
 #: A small instance of every registered class, by registry name.
@@ -49,6 +55,11 @@ EXAMPLES = {
     "student_t_mixture": lambda: MIXTURES["student_t_mixture"](2, "diag", df=5.0),
     "vae": lambda: VAE(6, 2, prior="vamp", hidden=(8,)),
     "gmvae": lambda: GMVAE(6, 2, 3, hidden=(8,)),
+    "gan": lambda: GAN(2, 2, hidden=(8,), d_hidden=(8,)),
+    "dcgan": lambda: DCGAN(4, channels=(2, 4), output="real"),
+    "infogan": lambda: InfoGAN(2, 3, n_categories=3, hidden=(8,), d_hidden=(8,), q_hidden=(8,)),
+    "aae": lambda: AdversarialAutoencoder(2, 2, hidden=(8,), d_hidden=(8,)),
+    "wae": lambda: WassersteinAutoencoder(2, 2, penalty="gan", hidden=(8,), d_hidden=(8,)),
 }
 
 #: What each registered class must declare (by inheritance).
@@ -57,6 +68,11 @@ DECLARED = {
     "student_t_mixture": {LatentModel, CollapsedLikelihood, MixtureModel},
     "vae": {LatentModel, ImportanceWeighted, AmortizedModel},
     "gmvae": {LatentModel, ImportanceWeighted, AmortizedModel, LabelledAmortized},
+    "gan": {LatentModel, AdversarialModel},
+    "dcgan": {LatentModel, AdversarialModel},
+    "infogan": {LatentModel, AdversarialModel},
+    "aae": {LatentModel, AdversarialModel},
+    "wae": {LatentModel, AdversarialModel},
 }
 
 
@@ -85,7 +101,7 @@ def test_registered_class_declares_and_meets_its_roles(name):
 def test_dims_cover_every_traced_site_with_its_rank(name):
     model = EXAMPLES[name]()
     x = (torch.rand(5, 6) < 0.5).float() if isinstance(model, AmortizedModel) else torch.randn(
-        20, 2
+        20, 784 if name == "dcgan" else 2
     )
     with torch.no_grad():
         # without an enumeration handler the labels are drawn: every site has its own shape

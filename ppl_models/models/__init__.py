@@ -6,10 +6,14 @@ registry names to every model class, :data:`MIXTURES` to the finite mixtures. Im
 :mod:`ppl_models.models.mixture_vae` here registers the ``"mog"`` and ``"vamp"`` latent priors.
 """
 
+from ppl_models.models.adversarial_autoencoder import AdversarialAutoencoder, WassersteinAutoencoder
+from ppl_models.models.gan import DCGAN, GAN
 from ppl_models.models.gmm import GaussianMixture
+from ppl_models.models.infogan import InfoGAN
 from ppl_models.models.mixture import FiniteMixture
 from ppl_models.models.mixture_vae import GMVAE, MixtureOfGaussiansPrior, VampPrior
 from ppl_models.models.protocols import (
+    AdversarialModel,
     AmortizedModel,
     ClosedFormEM,
     CollapsedLikelihood,
@@ -23,21 +27,27 @@ from ppl_models.models.student_t_mixture import StudentTMixture
 from ppl_models.models.vae import VAE
 
 __all__ = [
+    "DCGAN",
+    "GAN",
     "GMVAE",
     "MIXTURES",
     "MODELS",
     "VAE",
+    "AdversarialAutoencoder",
+    "AdversarialModel",
     "AmortizedModel",
     "ClosedFormEM",
     "CollapsedLikelihood",
     "FiniteMixture",
     "GaussianMixture",
     "ImportanceWeighted",
+    "InfoGAN",
     "LabelledAmortized",
     "LatentModel",
     "MixtureModel",
     "MixtureOfGaussiansPrior",
     "StudentTMixture",
     "VampPrior",
+    "WassersteinAutoencoder",
     "build_model",
 ]

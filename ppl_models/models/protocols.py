@@ -20,6 +20,8 @@ role                        who needs it
 :class:`AmortizedModel`     minibatch SVI on the model's own ELBO estimator, encoder
                             diagnostics, saved networks (the VAE family)
 :class:`LabelledAmortized`  cluster labels of an amortized model (the GMVAE)
+:class:`AdversarialModel`   the trainer's adversarial step: two players, their parameters,
+                            the draws the discriminator tells apart (GAN, AAE, WAE)
 =========================== ===============================================================
 
 :mod:`guides` reads the same attribute names by duck typing, since it never imports
@@ -30,12 +32,14 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import pyro.distributions as dist
 import torch
 
 __all__ = [
+    "AdversarialDraws",
+    "AdversarialModel",
     "AmortizedModel",
     "ClosedFormEM",
     "CollapsedLikelihood",
@@ -267,3 +271,57 @@ class LabelledAmortized(AmortizedModel, Protocol):
     @abstractmethod
     def label_posterior_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of :math:`q(y \\mid x)`, shape ``(B, K)``."""
+
+
+class AdversarialDraws(NamedTuple):
+    """One batch of the adversarial game: what the discriminator tells apart.
+
+    ``real`` are draws of the target (data for a GAN, prior codes for an AAE), ``fake`` the
+    generator's draws (carrying its graph), ``context`` whatever else the generator's terms
+    need (e.g. an InfoGAN's codes); all leading dimension ``B``.
+    """
+
+    real: torch.Tensor
+    fake: torch.Tensor
+    context: dict[str, torch.Tensor]
+
+
+@runtime_checkable
+class AdversarialModel(Protocol):
+    r"""A model trained as a two-player game (the adversarial step of the trainer).
+
+    The discriminator :math:`D` (logits) separates ``real`` from ``fake`` draws of
+    :meth:`adversarial_draws`; the generator minimises ``adversarial_weight`` times its
+    adversarial loss plus its own terms (:meth:`generator_terms`: a reconstruction cost, an
+    MMD penalty, ...). A model whose :meth:`discriminator_parameters` is empty (the MMD
+    Wasserstein autoencoder) trains on its own terms alone. The two parameter lists must be
+    disjoint.
+    """
+
+    adversarial_weight: float
+
+    @abstractmethod
+    def generator_parameters(self) -> list[torch.nn.Parameter]: ...
+
+    @abstractmethod
+    def discriminator_parameters(self) -> list[torch.nn.Parameter]: ...
+
+    @abstractmethod
+    def adversarial_draws(self, x: torch.Tensor) -> AdversarialDraws:
+        """Real and fake draws for the batch ``x`` (fresh noise from the global RNG)."""
+
+    @abstractmethod
+    def discriminate(self, samples: torch.Tensor) -> torch.Tensor:
+        """Logits of :math:`D`, shape ``(B,)``: large for ``real``."""
+
+    @abstractmethod
+    def generator_terms(self, x: torch.Tensor, draws: AdversarialDraws) -> dict[str, torch.Tensor]:
+        """The generator's own costs on the batch, each a scalar (batch mean, weights
+        applied), to be minimised beside the adversarial loss (``{}`` for a GAN)."""
+
+    @abstractmethod
+    def generate(self, num_samples: int) -> torch.Tensor:
+        """``(num_samples, D)`` draws of the generative model (no gradients needed)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...

@@ -11,7 +11,10 @@ from typing import Any
 
 import pyro.distributions as dist
 
+from ppl_models.models.adversarial_autoencoder import AdversarialAutoencoder, WassersteinAutoencoder
+from ppl_models.models.gan import DCGAN, GAN
 from ppl_models.models.gmm import GaussianMixture
+from ppl_models.models.infogan import InfoGAN
 from ppl_models.models.mixture import FiniteMixture
 from ppl_models.models.mixture_vae import GMVAE
 from ppl_models.models.protocols import LatentModel
@@ -31,6 +34,11 @@ MODELS: dict[str, type[LatentModel]] = {
     **MIXTURES,
     VAE.name: VAE,
     GMVAE.name: GMVAE,
+    GAN.name: GAN,
+    DCGAN.name: DCGAN,
+    InfoGAN.name: InfoGAN,
+    AdversarialAutoencoder.name: AdversarialAutoencoder,
+    WassersteinAutoencoder.name: WassersteinAutoencoder,
 }
 
 

@@ -5,12 +5,14 @@ step has one per player) and exposes their state for checkpoints through
 :meth:`Step.state_dict` / :meth:`Step.load_state_dict`. :data:`STEPS` is the registry
 (name -> builder from :class:`StepInputs`); a new training scheme is one new entry.
 
-=========== =====================================================================================
-name        what a step differentiates
-=========== =====================================================================================
-``pyro``    Pyro's ``Trace_ELBO`` / ``TraceEnum_ELBO`` on the model and guide
-``model``   the model's own ELBO estimator, ``reconstruction - beta * KL`` from ``elbo_terms``
-=========== =====================================================================================
+=============== =================================================================================
+name            what a step differentiates
+=============== =================================================================================
+``pyro``        Pyro's ``Trace_ELBO`` / ``TraceEnum_ELBO`` on the model and guide
+``model``       the model's own ELBO estimator, ``reconstruction - beta * KL`` (``elbo_terms``)
+``adversarial`` ``d_steps`` discriminator updates, then one generator update, of an
+                ``AdversarialModel``, one optimiser each (:class:`AdversarialStep`)
+=============== =================================================================================
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 from pyro.poutine.messenger import Messenger
+from torch.nn import functional as F
 
-from ppl_models.models.protocols import AmortizedModel
+from ppl_models._shared.checks import check_choice, check_float, check_int
+from ppl_models.models.protocols import AdversarialModel, AmortizedModel
 
 __all__ = [
+    "ADVERSARIAL_LOSSES",
     "OBJECTIVES",
     "STEPS",
+    "AdversarialStep",
     "ModelObjectiveStep",
     "PyroStep",
     "ScaleSites",
@@ -288,10 +294,157 @@ class PyroStep(_AdamStep):
         super().load_state_dict(state)
 
 
+#: The generator's adversarial losses of :class:`AdversarialStep`.
+ADVERSARIAL_LOSSES = ("non_saturating", "minimax")
+
+
+class AdversarialStep(Step):
+    r"""Alternating updates of a two-player game: ``d_steps`` discriminator steps, then one
+    generator step, each player with its own Adam and ``ExponentialLR`` schedule.
+
+    With :math:`D = \sigma(\ell)` the discriminator's probability that a draw is real, the
+    discriminator minimises the cross-entropy
+
+    .. math::
+
+        L_D = -\mathbb E_{\text{real}}[\log D] - \mathbb E_{\text{fake}}[\log(1 - D)]
+            = -V(D, G)
+
+    on the batch's real and (detached) fake draws; for a fixed generator its minimiser is
+    :math:`D^*(x) = p_{\text{data}}(x) / (p_{\text{data}}(x) + p_g(x))`, where
+    :math:`V(D^*, G) = 2\,\mathrm{JSD}(p_{\text{data}} \| p_g) - \log 4`
+    (Goodfellow et al. 2014, Prop. 1 and Thm. 1). The generator then minimises
+    ``adversarial_weight`` times
+
+    * ``"minimax"``: :math:`\mathbb E_{\text{fake}}[\log(1 - D)]`, the game itself, whose
+      gradient vanishes while :math:`D` rejects the fakes confidently;
+    * ``"non_saturating"`` (default): :math:`-\mathbb E_{\text{fake}}[\log D]`, the same fixed
+      point with strong early gradients (Goodfellow et al. 2014, section 3),
+
+    plus the model's own :meth:`~ppl_models.models.protocols.AdversarialModel.generator_terms`
+    (a reconstruction cost, an MMD penalty). A model without discriminator parameters (WAE-MMD)
+    takes only the generator step. Each call records, per generator step, ``d_loss`` (the mean
+    of :math:`L_D` over the ``d_steps`` updates), ``g_loss`` (the unweighted adversarial loss)
+    and every generator term in :attr:`records`, which :class:`PlayerLosses` moves into the
+    history at the end of each epoch. The value returned to the loop is ``n_obs`` times the
+    generator's total loss, so the loop's ``history["elbo"]`` holds its negative per epoch.
+
+    Parameters
+    ----------
+    model : AdversarialModel
+    lr, lr_decay, total_steps
+        The generator's learning rate, decayed geometrically to ``lr * lr_decay`` over
+        ``total_steps`` generator steps; the discriminator's follows the same schedule.
+    d_steps : int
+        Discriminator updates per generator update (on the same batch, fresh noise each).
+    loss : {"non_saturating", "minimax"}
+    d_lr : float, optional
+        The discriminator's learning rate (default ``lr``).
+    betas : tuple of float
+        Adam's moment coefficients, ``(0.5, 0.999)`` as Radford et al. (2016) recommend.
+    """
+
+    def __init__(
+        self,
+        model: AdversarialModel,
+        lr: float,
+        lr_decay: float,
+        total_steps: int,
+        *,
+        d_steps: int = 1,
+        loss: str = "non_saturating",
+        d_lr: float | None = None,
+        betas: tuple[float, float] = (0.5, 0.999),
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, AdversarialModel):
+            raise ValueError(
+                f"the adversarial step needs an AdversarialModel (generator, discriminator, "
+                f"adversarial_draws, ...); {type(model).__name__} is not one"
+            )
+        self.model = model
+        self.d_steps = check_int(d_steps, "d_steps")
+        self.loss = check_choice(loss, "loss", ADVERSARIAL_LOSSES)
+        self.d_lr = lr if d_lr is None else check_float(d_lr, "d_lr", minimum=0)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.name = f"adversarial({self.loss}, d_steps={self.d_steps})"
+        gamma = lr_decay ** (1 / check_int(total_steps, "total_steps"))
+        g_params = list(model.generator_parameters())
+        d_params = list(model.discriminator_parameters())
+        if not g_params:
+            raise ValueError(f"{type(model).__name__} has no generator parameters to train")
+        shared = {id(p) for p in g_params} & {id(p) for p in d_params}
+        if shared:
+            raise ValueError(
+                f"{type(model).__name__} gives {len(shared)} parameters to both players; "
+                "generator_parameters and discriminator_parameters must be disjoint"
+            )
+        self.generator_optimizer = torch.optim.Adam(g_params, lr=lr, betas=self.betas)
+        self.optimizers = [self.generator_optimizer]
+        self.discriminator_optimizer: torch.optim.Optimizer | None = None
+        if d_params:
+            self.discriminator_optimizer = torch.optim.Adam(
+                d_params, lr=self.d_lr, betas=self.betas
+            )
+            self.optimizers.append(self.discriminator_optimizer)
+        self.schedulers = [torch.optim.lr_scheduler.ExponentialLR(o, gamma)
+                           for o in self.optimizers]
+        #: Per-step losses since the history last took them (``PlayerLosses``).
+        self.records: dict[str, list[float]] = {}
+
+    @classmethod
+    def build(cls, inputs: StepInputs) -> AdversarialStep:
+        """The registry's builder: the default game (non-saturating, one discriminator step)."""
+        return cls(inputs.model, inputs.lr, inputs.lr_decay, inputs.total_steps)
+
+    def discriminator_loss(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`L_D = \mathrm{softplus}(-\ell_{\text{real}}) + \mathrm{softplus}(\ell_{
+        \text{fake}})` averaged over the batch (fake draws detached)."""
+        with torch.no_grad():
+            draws = self.model.adversarial_draws(x)
+        real = self.model.discriminate(draws.real)
+        fake = self.model.discriminate(draws.fake)
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+    def _generator_adversarial(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.loss == "non_saturating":
+            return F.softplus(-logits).mean()  # -log D
+        return -F.softplus(logits).mean()  # log(1 - D)
+
+    def __call__(self, x: torch.Tensor, *, n_obs: int, subsample: torch.Tensor) -> float:
+        record: dict[str, float] = {}
+        if self.discriminator_optimizer is not None:
+            total_d = 0.0
+            for _ in range(self.d_steps):
+                self.discriminator_optimizer.zero_grad(set_to_none=True)
+                d_loss = self.discriminator_loss(x)
+                d_loss.backward()
+                self.discriminator_optimizer.step()
+                total_d += d_loss.item()
+            record["d_loss"] = total_d / self.d_steps
+        self.generator_optimizer.zero_grad(set_to_none=True)
+        draws = self.model.adversarial_draws(x)
+        terms = self.model.generator_terms(x, draws)
+        total = sum(terms.values(), torch.zeros((), dtype=x.dtype))
+        if self.discriminator_optimizer is not None:
+            g_loss = self._generator_adversarial(self.model.discriminate(draws.fake))
+            total = total + self.model.adversarial_weight * g_loss
+            record["g_loss"] = g_loss.item()
+        total.backward()
+        self.generator_optimizer.step()
+        for scheduler in self.schedulers:
+            scheduler.step()
+        record.update({name: value.item() for name, value in terms.items()})
+        for name, value in record.items():
+            self.records.setdefault(name, []).append(value)
+        return total.item() * n_obs
+
+
 #: Registry of step strategies: name -> builder from :class:`StepInputs`.
 STEPS: dict[str, Callable[[StepInputs], Step]] = {
     "pyro": PyroStep.build,
     "model": ModelObjectiveStep.build,
+    "adversarial": AdversarialStep.build,
 }
 
 #: The built-in values of ``objective``: ``"auto"`` (:func:`resolve_objective`) and the steps
