@@ -59,7 +59,7 @@ class Convergence:
     span : int
         Values read (:math:`2W`, or fewer when the trace is shorter: then not converged).
     batches : int
-        Batch means the slope was fitted to.
+        Batch means the slope was fitted to (0 when the trace is too short).
     slope, slope_se : float
         Least-squares slope of the batch means (ELBO per observation per step) and its
         standard error (NaN when the trace is too short).
@@ -135,9 +135,9 @@ def elbo_convergence(history: Sequence[float], window: int, min_delta: float) ->
     min_delta = check_float(min_delta, "min_delta", minimum=0)
     span = min(len(history), 2 * window)
     m = min(MAX_BATCHES, span)
-    if len(history) < 2 * window or m < 2:
+    if len(history) < 2 * window:
         nan = math.nan
-        return Convergence(False, RULE, window, span, m, nan, nan, nan, nan, min_delta)
+        return Convergence(False, RULE, window, span, 0, nan, nan, nan, nan, min_delta)
     means, centres = _batch_means([float(v) for v in history[-span:]], m)
     slope, slope_se = _slope(means, centres)
     change, noise = slope * window, Z_NOISE * slope_se * window
