@@ -62,7 +62,7 @@ class Convergence:
         Batch means the slope was fitted to (0 when the trace is too short).
     slope, slope_se : float
         Least-squares slope of the batch means (ELBO per observation per step) and its
-        standard error (NaN when the trace is too short).
+        standard error (None, as are ``change`` and ``noise``, when the trace is too short).
     change : float
         ``slope * window``: the trend's change over one window.
     noise : float
@@ -76,10 +76,10 @@ class Convergence:
     window: int
     span: int
     batches: int
-    slope: float
-    slope_se: float
-    change: float
-    noise: float
+    slope: float | None
+    slope_se: float | None
+    change: float | None
+    noise: float | None
     min_delta: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -136,8 +136,7 @@ def elbo_convergence(history: Sequence[float], window: int, min_delta: float) ->
     span = min(len(history), 2 * window)
     m = min(MAX_BATCHES, span)
     if len(history) < 2 * window:
-        nan = math.nan
-        return Convergence(False, RULE, window, span, 0, nan, nan, nan, nan, min_delta)
+        return Convergence(False, RULE, window, span, 0, None, None, None, None, min_delta)
     means, centres = _batch_means([float(v) for v in history[-span:]], m)
     slope, slope_se = _slope(means, centres)
     change, noise = slope * window, Z_NOISE * slope_se * window
