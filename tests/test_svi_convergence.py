@@ -148,3 +148,13 @@ def test_a_fit_still_climbing_far_from_the_posterior_is_not_converged(conjugate)
     info = result.info["convergence"]
     assert not result.converged and not info["converged"]
     assert info["change"] > info["min_delta"] + info["noise"]
+
+
+def test_early_stopping_stops_on_the_same_rule(conjugate):
+    x, mean, _ = conjugate
+    result = fit_svi(_gaussian_mean, x, guide="mean_field", num_steps=3000, init={"mu": mean},
+                     early_stop=True, window=50, num_draws=10, progress=False, seed=0)
+    assert result.info["stopped_by"] == "early_stop" and result.n_iter < 3000
+    assert result.converged and result.info["convergence"]["converged"]
+    # one step earlier the trace was not yet flat by the rule
+    assert not elbo_convergence(result.history["elbo"][:-1], 50, 1e-4).converged
