@@ -23,7 +23,9 @@ rising?" is a statistical question. :func:`elbo_convergence` answers it from the
    With no noise (a deterministic objective) the rule is :math:`|b|\,W \le \delta`.
 
 A trace shorter than :math:`2W` values is never converged. The rule reads the trace only: a
-fit whose learning rate has decayed so far that it barely moves shows a flat trace.
+fit whose learning rate has decayed so far that it barely moves shows a flat trace, which is
+why :func:`~ppl_models.infer.svi.fit_svi` reads the second half of a full-batch trace by
+default (``window = max(100, num_steps // 4)``) rather than a fixed last 200 steps.
 """
 
 from __future__ import annotations
