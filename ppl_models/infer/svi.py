@@ -267,7 +267,7 @@ def fit_svi(
             seed=seed,
         ))
         seed, num_particles, window = config.seed, config.num_particles, config.window
-        min_delta = config.min_delta
+        min_delta, elbo_window = config.min_delta, config.window
     directory = None
     if checkpoint_dir is not None:
         mode = "minibatch" if minibatch else "full_batch"
@@ -282,7 +282,8 @@ def fit_svi(
         run = _fit_minibatch(setup, config, binarize, callback)
         trace_args, trace_kwargs = _trace_batch(data)
     else:
-        window = window or max(100, num_steps // 4)
+        # the reported ELBO averages the last 100 steps; the convergence rule reads more
+        elbo_window, window = window or 100, window or max(100, num_steps // 4)
         full = FullBatchConfig(num_steps, 0.01 if lr is None else lr, lr_decay, num_particles,
                                early_stop, window, min_delta, seed)
         run = _fit_full_batch(setup, full, checkpoint_every)
@@ -293,8 +294,8 @@ def fit_svi(
     elbo = run.history["elbo"]
     info = {
         "guide": kind,
-        "elbo": float(sum(elbo[-window:]) / len(elbo[-window:])),
-        "elbo_window": min(window, len(elbo)),
+        "elbo": float(sum(elbo[-elbo_window:]) / len(elbo[-elbo_window:])),
+        "elbo_window": min(elbo_window, len(elbo)),
         "loss": type(setup.loss).__name__,
         "num_particles": num_particles,
         "point_estimate": point and bool(sites),
