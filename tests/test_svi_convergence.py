@@ -16,8 +16,10 @@ import pytest
 import torch
 from scipy import stats
 
-from ppl_models.infer import fit_svi
+from ppl_models.data import load
+from ppl_models.infer import fit_mcmc, fit_svi
 from ppl_models.infer.stopping import Z_NOISE, elbo_convergence, plateau
+from ppl_models.models import GaussianMixture
 
 
 def _noisy(slope: float, sd: float, n: int, seed: int) -> list[float]:
@@ -159,3 +161,28 @@ def test_early_stopping_stops_on_the_same_rule(conjugate):
     assert result.converged and result.info["convergence"]["converged"]
     # one step earlier the trace was not yet flat by the rule
     assert not elbo_convergence(result.history["elbo"][:-1], 50, 1e-4).converged
+
+
+def _sorted_locs(result) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and sd of the locations, components ordered by eruption length."""
+    draws = result.draws["locs"].reshape(-1, 2, 2)
+    order = draws[..., 0].argsort(-1)
+    draws = torch.gather(draws, 1, order[..., None].expand(-1, -1, 2))
+    return draws.mean(0), draws.std(0)
+
+
+@pytest.mark.slow
+def test_old_faithful_flags_agree_with_the_distance_to_nuts():
+    """The issue's two cases: a 600-step fit about 0.8 NUTS sds off is not converged; a
+    2000-step fit within 0.1 NUTS sds is (the former rule said the opposite of both)."""
+    x, _ = load("faithful")
+    nuts = fit_mcmc(GaussianMixture(2), x, num_samples=300, warmup_steps=300, num_chains=2,
+                    progress=False)
+    assert nuts.info["max_r_hat"] < 1.05
+    mean, sd = _sorted_locs(nuts)
+    for steps, far, converged in ((600, True, False), (2000, False, True)):
+        fit = fit_svi(GaussianMixture(2), x, guide="mean_field", num_steps=steps,
+                      progress=False)
+        error = float(((_sorted_locs(fit)[0] - mean) / sd).abs().max())
+        assert (error > 0.5) if far else (error < 0.2), (steps, error)
+        assert fit.converged is converged, (steps, fit.info["convergence"])
