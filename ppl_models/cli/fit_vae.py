@@ -155,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         model = PRIORS[args.prior](x_train.shape[1], args, {"likelihood": args.likelihood})
         batch_size = min(args.batch_size, x_train.shape[0])
+        if not args.quiet:
+            print(f"ppl-models: VAE: {args.epochs} epochs x {-(-x_train.shape[0] // batch_size)}"
+                  f" steps (batch {batch_size} of {x_train.shape[0]} images), then "
+                  f"{args.particles} importance samples per test image", file=sys.stderr)
         with captured_warnings():
             result = fit_svi(
                 model,

@@ -71,7 +71,8 @@ class CheckpointWriter(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop when the mean ELBO of the last ``window`` epochs rose by less than ``min_delta``."""
+    """Stop when the ELBO trace is flat: :func:`ppl_models.infer.stopping.elbo_convergence`
+    over the last two windows of ``window`` epochs, with tolerance ``min_delta``."""
 
     name = "early_stop"
 

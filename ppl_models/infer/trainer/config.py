@@ -33,8 +33,9 @@ class TrainerConfig:
     num_particles : int
         Monte-Carlo particles per ELBO estimate (the ``"pyro"`` step).
     early_stop, window, min_delta
-        Stop when the mean ELBO of the last ``window`` epochs rose by less than ``min_delta``
-        over the ``window`` before.
+        Stop when the ELBO trace is flat: its trend over the last two windows of ``window``
+        epochs changes by at most ``min_delta`` per window plus two standard errors
+        (:func:`ppl_models.infer.stopping.elbo_convergence`, which also sets ``converged``).
     seed : int
         Seeds the data order, the binarization, the evaluation batch and Pyro's RNG.
     time_limit : float or None
