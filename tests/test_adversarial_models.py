@@ -352,3 +352,11 @@ def test_errors_name_the_problem():
     shared.discriminator.head = shared.generator.net[-1]  # a player's layer given to both
     with pytest.raises(ValueError, match="must be disjoint"):
         AdversarialStep(shared, 1e-3, 1.0, 1)
+
+
+def test_fit_svi_points_an_adversarial_objective_to_fit_adversarial():
+    from ppl_models.infer import fit_svi
+
+    model = GAN(2, latent_dim=1)
+    with pytest.raises(ValueError, match=r"objective='adversarial'.*fit_adversarial"):
+        fit_svi(model, torch.randn(8, 2), objective="adversarial", num_steps=1, progress=False)

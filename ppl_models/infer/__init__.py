@@ -1,5 +1,6 @@
 """Drivers: free functions that fit any model and return one :class:`FitResult`."""
 
+from ppl_models.infer.adversarial import fit_adversarial
 from ppl_models.infer.cluster_init import init_prior_from_codes
 from ppl_models.infer.em import fit_em, kmeans_plus_plus
 from ppl_models.infer.evaluation import elbo_terms, log_marginal_likelihood
@@ -13,6 +14,7 @@ __all__ = [
     "FitResult",
     "TrainerConfig",
     "elbo_terms",
+    "fit_adversarial",
     "fit_em",
     "fit_mcmc",
     "fit_svi",

@@ -317,6 +317,11 @@ def _check_arguments(num_steps: Any, num_draws: Any, lr_decay: float, objective:
         check_int(value, name, minimum=least)
     check_float(lr_decay, "lr_decay", minimum=0, maximum=1, strict_minimum=True)
     check_choice(objective, "objective", objectives())
+    if objective == "adversarial":
+        raise ValueError(
+            "objective='adversarial' trains a two-player game, not a guide: use "
+            "ppl_models.infer.fit_adversarial(model, data, ...)"
+        )
     if binarize not in (None, "dynamic"):
         raise ValueError(
             f"binarize must be None or 'dynamic'; got {binarize!r} (threshold at load time: "

@@ -4,14 +4,15 @@
 module             job
 ================== ==============================================================================
 ``config``         :class:`TrainerConfig`, the frozen settings (checked on resume)
-``steps``          :class:`Step` and the registry :data:`STEPS` (Pyro's ELBO, the model's own)
+``steps``          :class:`Step` and the registry :data:`STEPS` (Pyro's ELBO, the model's own,
+                   the adversarial game)
 ``batches``        :class:`Batches`: seeded shuffled minibatches, transform, evaluation batch
 ``callbacks``      early stopping, ELBO terms, checkpoints, the time limit, a user's function
 ``loop``           :class:`Trainer`: the epoch loop and its state for exact resume
 ================== ==============================================================================
 
-A new training scheme (an adversarial game with several optimisers) is a new entry in
-:data:`STEPS`, not a new loop.
+A new training scheme is a new entry in :data:`STEPS`, not a new loop: the adversarial game
+(:class:`AdversarialStep`, several optimisers, ``d_steps`` per generator step) is one.
 """
 
 from ppl_models.infer.trainer.batches import Batches
@@ -28,6 +29,7 @@ from ppl_models.infer.trainer.loop import Trainer, TrainingRun
 from ppl_models.infer.trainer.steps import (
     OBJECTIVES,
     STEPS,
+    AdversarialStep,
     ModelObjectiveStep,
     PyroStep,
     ScaleSites,
@@ -41,6 +43,7 @@ from ppl_models.infer.trainer.steps import (
 __all__ = [
     "OBJECTIVES",
     "STEPS",
+    "AdversarialStep",
     "Batches",
     "Callback",
     "CheckpointWriter",
