@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import struct
 import zipfile
@@ -95,9 +96,21 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     raw = read_bytes(path)
     if path.suffix == ".gz":
         try:
-            raw = gzip.decompress(raw)
+            raw = _gunzip_idx(path, raw)
         except (OSError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"{path}: not a readable gzip file ({exc})") from None
+    dtype, shape, header = _idx_header(path, raw)
+    expected = math.prod(shape) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(
+            f"{path}: the idx header says shape {shape} ({expected} bytes of data) but the "
+            f"file holds {len(raw) - header}: the file is truncated or corrupt"
+        )
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+
+
+def _idx_header(path: Path, raw: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
+    """``(dtype, shape, header length)`` of the idx data starting ``raw``."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         magic = raw[:4].hex() if raw else "empty"
         raise ValueError(
@@ -109,14 +122,29 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if ndim == 0 or len(raw) < header:
         raise ValueError(f"{path}: truncated idx header ({len(raw)} bytes for {ndim} dims)")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise ValueError(
-            f"{path}: the idx header says shape {shape} ({expected} bytes of data) but the "
-            f"file holds {len(raw) - header}: the file is truncated or corrupt"
-        )
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+    return np.dtype(_IDX_DTYPES[raw[2]]), shape, header
+
+
+#: deflate expands at most about 1032-fold: a gzip file cannot hold more data than this times
+#: its size, whatever its idx header says
+_GZIP_MAX_RATIO = 1100
+
+
+def _gunzip_idx(path: Path, blob: bytes) -> bytes:
+    """The idx bytes inside the gzip ``blob``, never more than its header declares (plus one
+    byte to detect a longer file): a small file cannot expand to fill the memory."""
+    with gzip.GzipFile(fileobj=io.BytesIO(blob)) as stream:
+        head = stream.read(4)
+        if len(head) == 4 and head[3]:
+            head += stream.read(4 * head[3])
+        dtype, shape, _ = _idx_header(path, head)
+        expected = math.prod(shape) * dtype.itemsize
+        if expected > _GZIP_MAX_RATIO * len(blob):
+            raise ValueError(
+                f"{path}: the idx header says shape {shape} ({expected} bytes of data), more "
+                f"than a gzip file of {len(blob)} bytes can hold: the file is truncated or corrupt"
+            )
+        return head + stream.read(expected + 1)
 
 
 def _find(directory: Path, stem: str) -> Path:
