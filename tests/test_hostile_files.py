@@ -978,3 +978,16 @@ def test_a_failed_save_raises_os_error_naming_the_file(tmp_path: Path, sources: 
     (tmp_path / "file").write_text("x")
     with pytest.raises(OSError, match="file"):
         result.save(tmp_path / "file" / "fit")
+
+
+def test_non_finite_per_draw_statistics_come_back_as_nan(tmp_path: Path, sources: Sources) -> None:
+    import dataclasses
+
+    loaded = FitResult.load(sources.gmm)
+    info = {"sample_stats": {"energy": [[1.5, math.inf, 2.0]]}, "stopped_by": None,
+            "max_r_hat": math.nan}
+    folder = dataclasses.replace(loaded, info=info).save(tmp_path / "fit")
+    back = FitResult.load(folder).info
+    energy = back["sample_stats"]["energy"][0]
+    assert energy[0] == 1.5 and math.isnan(energy[1]) and energy[2] == 2.0
+    assert back["stopped_by"] is None and back["max_r_hat"] is None  # a lone null stays None

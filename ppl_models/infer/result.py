@@ -89,7 +89,9 @@ class FitResult:
 
         Nothing is pickled; :meth:`load` reads the tensors with ``weights_only=True``.
         ``result.json`` is strict JSON: a non-finite number (the R-hat of a single chain, a
-        diverged objective) is written as ``null`` and read back as ``nan``. An
+        diverged objective) is written as ``null``; :meth:`load` reads a ``null`` back as
+        ``nan`` in the history and in lists of numbers (per-draw statistics), as ``None``
+        elsewhere. An
         amortized model's networks are saved as their ``state_dict``. Priors that are tensors
         or allow-listed distributions (:data:`~ppl_models.models.registry.PRIOR_DISTRIBUTIONS`)
         with tensor arguments are saved; others (callables, transformed distributions) are
@@ -193,7 +195,7 @@ class FitResult:
             n_iter=meta["n_iter"],
             seed=meta["seed"],
             fit_seconds=meta["fit_seconds"],
-            info=meta["info"],
+            info=_numbers_back(meta["info"]),
             columns=meta["columns"],
         )
 
@@ -219,6 +221,21 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     tensors.setdefault("state", {})
     check_fields(meta, tensors)
     return meta, tensors
+
+
+def _numbers_back(value: Any) -> Any:
+    """``value`` with ``None`` read as ``nan`` in every list of numbers (written by
+    :func:`~ppl_models._shared.jsonsafe.to_json` for a non-finite one)."""
+    if isinstance(value, dict):
+        return {k: _numbers_back(v) for k, v in value.items()}
+    if isinstance(value, list):
+        numbers = [x for x in value if x is not None]
+        if numbers and len(numbers) < len(value) and all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in numbers
+        ):
+            return [math.nan if x is None else x for x in value]
+        return [_numbers_back(v) for v in value]
+    return value
 
 
 def _dense(value: torch.Tensor) -> torch.Tensor:
