@@ -318,6 +318,31 @@ for _name, _edit, _match in [
     case(f"result/{_name}", _match)(_json_edit(_edit, "vae"))
 
 
+def _lkj_prior(dim: torch.Tensor) -> Make:
+    """A result whose saved LKJ prior has ``dim`` (its size grows with dim)."""
+    def make(tmp: Path, s: Sources):
+        folder = _result_copy(tmp, s.gmm)
+        meta = json.loads((folder / "result.json").read_text())
+        meta["model"]["priors"] = {"corr_chol": {"distribution": "LKJCholesky"}}
+        (folder / "result.json").write_text(json.dumps(meta))
+        tensors = torch.load(folder / "tensors.pt", weights_only=True)
+        tensors["priors"] = {"corr_chol": {"dim": dim, "concentration": torch.tensor(1.0)}}
+        torch.save(tensors, folder / "tensors.pt")
+        return lambda: FitResult.load(folder)
+    return make
+
+
+for _name, _dim, _match in [
+    ("priors-lkj-huge-dim", torch.tensor(10**9),
+     r"LKJCholesky dim must be .* at most 40 .*; got 1000000000"),
+    ("priors-lkj-dim-float", torch.tensor(2.5), r"LKJCholesky dim must be one positive integer"),
+    ("priors-lkj-dim-vector", torch.tensor([2, 2]), r"LKJCholesky dim must be .*shape \(2,\)"),
+    ("priors-huge-declared", torch.zeros(1, dtype=torch.int64).as_strided((10**12,), (0,)),
+     r"priors\['corr_chol'\]\['dim'\] declares shape"),
+]:
+    case(f"result/{_name}", _match)(_lkj_prior(_dim))
+
+
 def _strided(shape: tuple[int, ...]) -> torch.Tensor:
     """A tensor declaring ``shape`` over a storage of one element (stride 0)."""
     return torch.zeros(1, dtype=torch.float64).as_strided(shape, (0,) * len(shape))

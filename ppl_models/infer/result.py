@@ -14,7 +14,12 @@ import torch
 from ppl_models._shared.files import load_tensor_file
 from ppl_models._shared.jsonsafe import read_json, to_json
 from ppl_models.infer.prior_codec import decode_priors, encode_priors
-from ppl_models.infer.result_checks import check_config_sizes, check_fields, check_tensors
+from ppl_models.infer.result_checks import (
+    check_config_sizes,
+    check_fields,
+    check_tensors,
+    largest_dimension,
+)
 from ppl_models.models import AmortizedModel, build_model
 
 __all__ = ["FitResult"]
@@ -168,8 +173,9 @@ class FitResult:
                 UserWarning,
                 stacklevel=2,
             )
-        priors = decode_priors(spec["priors"], tensors["priors"])
         check_config_sizes(spec["config"], tensors)  # before building: no huge allocation
+        largest = largest_dimension(tensors)
+        priors = decode_priors(spec["priors"], tensors["priors"], max_dim=largest)
         with torch.random.fork_rng(devices=[]):  # fresh networks must not move the global RNG
             try:
                 model = build_model(spec["name"], spec["config"], priors)

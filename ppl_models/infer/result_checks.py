@@ -16,7 +16,9 @@ import torch
 
 from ppl_models.models import AmortizedModel, CollapsedLikelihood
 
-__all__ = ["check_config_sizes", "check_fields", "check_tensor", "check_tensors"]
+__all__ = [
+    "check_config_sizes", "check_fields", "check_tensor", "check_tensors", "largest_dimension",
+]
 
 
 def _is_int(value: Any) -> bool:
@@ -115,6 +117,11 @@ def check_fields(meta: Mapping[str, Any], tensors: Mapping[str, Any]) -> None:
             # network buffers may be integers (counters); their dtype is checked against the
             # rebuilt model's
             check_tensor(f"{group}['{key}']", value, floating=group != "state")
+    for site, args in tensors["priors"].items():
+        if isinstance(args, Mapping):  # their types are checked by decode_priors
+            for key, value in args.items():
+                if isinstance(value, torch.Tensor):
+                    check_tensor(f"priors['{site}']['{key}']", value, floating=False)
 
 
 def _dims(value: Any) -> list[int]:
@@ -134,6 +141,11 @@ def _config_ints(config: Any, where: str = "model.config") -> list[tuple[str, in
     return [(where, config)] if _is_int(config) else []
 
 
+def largest_dimension(tensors: Mapping[str, Any]) -> int:
+    """The largest dimension of the data, sites' values and network weights of a result."""
+    return max(_dims({k: tensors[k] for k in ("data", "params", "draws", "state")}), default=0)
+
+
 def check_config_sizes(config: Mapping[str, Any], tensors: Mapping[str, Any]) -> None:
     """Refuse a configuration with a size no saved tensor has, before the model is built.
 
@@ -142,8 +154,7 @@ def check_config_sizes(config: Mapping[str, Any], tensors: Mapping[str, Any]) ->
     site's values, a network weight. A larger integer cannot describe these tensors, and
     building the model from it could try to allocate any amount of memory.
     """
-    largest = max(_dims({k: tensors[k] for k in ("data", "params", "draws", "state")}),
-                  default=0)
+    largest = largest_dimension(tensors)
     for where, value in _config_ints(config):
         if value > largest:
             digits = str(value)
