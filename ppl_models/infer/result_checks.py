@@ -70,14 +70,20 @@ def _tensor_dict(field: str, value: Any) -> None:
         _fail(field, "a mapping of names to tensors", value)
 
 
-def check_tensor(where: str, value: torch.Tensor, floating: bool = True) -> None:
+def check_tensor(
+    where: str, value: torch.Tensor, floating: bool = True, expanded_up_to: int = 0
+) -> None:
     """A dense tensor whose stored bytes hold every element it declares, real floating point
     (unless ``floating`` is False) and finite; checked in this order, so that a tensor that
-    declares a huge shape over a few bytes is refused before anything reads it."""
+    declares a huge shape over a few bytes is refused before anything reads it.
+
+    ``expanded_up_to`` lets a broadcast view (a prior's scale expanded to the sites' shape,
+    saved as one stored value) declare up to that many elements.
+    """
     if value.layout != torch.strided:
         raise ValueError(f"{where} must be a dense tensor; got layout {value.layout}")
     stored = value.untyped_storage().nbytes()
-    if value.numel() * value.element_size() > stored:
+    if value.numel() * value.element_size() > stored and value.numel() > expanded_up_to:
         raise ValueError(
             f"{where} declares shape {tuple(value.shape)} ({value.numel()} elements) but holds "
             f"only {stored} bytes: corrupt or hostile"
@@ -117,11 +123,14 @@ def check_fields(meta: Mapping[str, Any], tensors: Mapping[str, Any]) -> None:
             # network buffers may be integers (counters); their dtype is checked against the
             # rebuilt model's
             check_tensor(f"{group}['{key}']", value, floating=group != "state")
+    # a prior's argument is no larger than the site it is the prior of
+    saved = sum(v.numel() for g in ("params", "draws", "state") for v in tensors[g].values())
     for site, args in tensors["priors"].items():
         if isinstance(args, Mapping):  # their types are checked by decode_priors
             for key, value in args.items():
                 if isinstance(value, torch.Tensor):
-                    check_tensor(f"priors['{site}']['{key}']", value, floating=False)
+                    check_tensor(f"priors['{site}']['{key}']", value, floating=False,
+                                 expanded_up_to=saved + n * d)
 
 
 def _dims(value: Any) -> list[int]:
