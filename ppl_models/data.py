@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ppl_models._shared.files import regular_file
+
 __all__ = ["BUNDLED", "DATA_DIR_ENV", "check_data", "data_dir", "load"]
 
 #: Bundled data set names mapped to file names under the data folder (see :func:`data_dir`).
@@ -263,8 +265,9 @@ def _resolve(name_or_path: str | os.PathLike[str]) -> Path:
         hint = ""
         if path.stem in BUNDLED and not path.parent.name:
             hint = f" (for the bundled data set, pass the name {path.stem!r} without extension)"
-        what = "is a directory, not a file" if path.is_dir() else "not found"
-        raise FileNotFoundError(f"{path}: {what}{hint}")
+        if path.is_dir():
+            raise FileNotFoundError(f"{path}: is a directory, not a file{hint}")
+        regular_file(path, f"not found{hint}")  # a link loop, a pipe: ValueError saying which
     return path
 
 

@@ -40,6 +40,8 @@ ICML.
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import os
 import struct
 import zipfile
@@ -49,6 +51,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+
+from ppl_models._shared.files import first_sentence, read_bytes
 
 __all__ = [
     "BINARIZE",
@@ -85,15 +89,28 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     FileNotFoundError
         If the file does not exist.
     ValueError
-        If the header is not an idx header or the data are shorter or longer than it says.
+        If the path is a directory, link loop or pipe, the header is not an idx header or the
+        data are shorter or longer than it says.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found")
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: not a readable gzip file ({exc})") from None
+    raw = read_bytes(path)
+    if path.suffix == ".gz":
+        try:
+            raw = _gunzip_idx(path, raw)
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: not a readable gzip file ({exc})") from None
+    dtype, shape, header = _idx_header(path, raw)
+    expected = math.prod(shape) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(
+            f"{path}: the idx header says shape {shape} ({expected} bytes of data) but the "
+            f"file holds {len(raw) - header}: the file is truncated or corrupt"
+        )
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+
+
+def _idx_header(path: Path, raw: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
+    """``(dtype, shape, header length)`` of the idx data starting ``raw``."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         magic = raw[:4].hex() if raw else "empty"
         raise ValueError(
@@ -105,20 +122,36 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if ndim == 0 or len(raw) < header:
         raise ValueError(f"{path}: truncated idx header ({len(raw)} bytes for {ndim} dims)")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise ValueError(
-            f"{path}: the idx header says shape {shape} ({expected} bytes of data) but the "
-            f"file holds {len(raw) - header}: the file is truncated or corrupt"
-        )
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+    return np.dtype(_IDX_DTYPES[raw[2]]), shape, header
+
+
+#: deflate expands at most about 1032-fold: a gzip file cannot hold more data than this times
+#: its size, whatever its idx header says
+_GZIP_MAX_RATIO = 1100
+
+
+def _gunzip_idx(path: Path, blob: bytes) -> bytes:
+    """The idx bytes inside the gzip ``blob``, never more than its header declares (plus one
+    byte to detect a longer file): a small file cannot expand to fill the memory."""
+    with gzip.GzipFile(fileobj=io.BytesIO(blob)) as stream:
+        head = stream.read(4)
+        if len(head) == 4 and head[3]:
+            head += stream.read(4 * head[3])
+        dtype, shape, _ = _idx_header(path, head)
+        expected = math.prod(shape) * dtype.itemsize
+        if expected > _GZIP_MAX_RATIO * len(blob):
+            raise ValueError(
+                f"{path}: the idx header says shape {shape} ({expected} bytes of data), more "
+                f"than a gzip file of {len(blob)} bytes can hold: the file is truncated or corrupt"
+            )
+        return head + stream.read(expected + 1)
 
 
 def _find(directory: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz"):
-        if (directory / name).is_file():
-            return directory / name
+        candidate = directory / name
+        if candidate.exists() or candidate.is_symlink():  # read_idx says what is wrong with it
+            return candidate
     raise FileNotFoundError(
         f"{directory}: neither {stem} nor {stem}.gz found (an MNIST-format folder holds "
         "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
@@ -168,33 +201,75 @@ def _load_digits(location: str | None, split: str) -> tuple[np.ndarray, np.ndarr
 
 def _load_binarized(location: str | None, split: str) -> tuple[np.ndarray, np.ndarray | None]:
     path = _required_path(location, "an .npz file")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found")
     _check_split(split, ("train", "valid", "test"), "binarized-mnist")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: not a readable .npz archive ({exc})") from None
-    with archive:
-        missing = sorted({"train", "valid", "test"} - set(archive.files))
-        if missing:
-            raise ValueError(
-                f"{path}: binarized MNIST needs arrays 'train', 'valid', 'test'; missing "
-                f"{missing} (found {sorted(archive.files)})"
-            )
-        images = archive[split]
-        key = f"{split}_labels"
-        labels = archive[key] if key in archive.files else None
+    images, labels = _read_binarized(path, split)
+    key = f"{split}_labels"
     if images.ndim != 2 or images.shape[1] != 784:
         raise ValueError(f"{path}: array '{split}' must be (N, 784); got {images.shape}")
+    if not (np.issubdtype(images.dtype, np.number) or images.dtype == np.bool_) or np.iscomplexobj(
+        images
+    ):
+        raise ValueError(
+            f"{path}: array '{split}' must hold real numbers (binarized pixels); got dtype "
+            f"{images.dtype}"
+        )
     if not np.isin(images, (0, 1)).all():
         raise ValueError(f"{path}: array '{split}' must hold only 0 and 1 (binarized pixels)")
-    if labels is not None and labels.shape != (images.shape[0],):
-        raise ValueError(
-            f"{path}: '{key}' must hold one label per image ({images.shape[0]}); got "
-            f"{labels.shape}"
-        )
+    if labels is not None:
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(
+                f"{path}: '{key}' must hold integer class labels; got dtype {labels.dtype}"
+            )
+        if labels.shape != (images.shape[0],):
+            raise ValueError(
+                f"{path}: '{key}' must hold one label per image ({images.shape[0]}); got "
+                f"{labels.shape}"
+            )
     return images.reshape(-1, 28, 28).astype(np.float32), labels
+
+
+def _read_binarized(path: Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Arrays ``split`` and ``{split}_labels`` (if present) of the archive at ``path``."""
+    blob = read_bytes(path)
+    if blob.startswith(b"\x93NUMPY"):
+        raise ValueError(
+            f"{path}: a single .npy array, not an .npz archive of arrays 'train', 'valid' and "
+            "'test'"
+        )
+    if not blob.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        start = blob[:8].hex() if blob else "nothing (empty file)"
+        raise ValueError(
+            f"{path}: not a readable .npz archive (a zip file); it starts with {start}"
+        )
+    key = f"{split}_labels"
+    where = "its zip directory"
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+            where = f"array '{split}'"
+            missing = sorted({"train", "valid", "test"} - set(archive.files))
+            if missing:
+                raise ValueError(
+                    f"{path}: binarized MNIST needs arrays 'train', 'valid', 'test'; missing "
+                    f"{missing} (found {sorted(archive.files)})"
+                )
+            images = archive[split]
+            where = f"array '{key}'"
+            labels = archive[key] if key in archive.files else None
+    except ValueError as exc:
+        if str(path) in str(exc):
+            raise
+        if "pickle" in str(exc):  # numpy's advice would be to unpickle: never
+            raise ValueError(
+                f"{path}: {where} holds Python objects (dtype object), which are not loaded: "
+                "store numbers"
+            ) from None
+        raise ValueError(f"{path}: {where} is corrupt ({first_sentence(exc)})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError) as exc:
+        raise ValueError(
+            f"{path}: not a readable .npz archive: {where} is corrupt or truncated "
+            f"({type(exc).__name__}: {first_sentence(exc)})"
+        ) from None
+    return images, labels
 
 
 #: Registry of image sources: name -> reader(location or None, split) -> (images, labels).

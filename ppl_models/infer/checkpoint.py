@@ -24,8 +24,9 @@ continue it (``resume=True``), discard it (``overwrite=True``), or refuse with o
 
 from __future__ import annotations
 
+import io
 import os
-import pickle
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ import numpy as np
 import pyro
 import pyro.util
 import torch
+
+from ppl_models._shared.files import load_tensor_file
+from ppl_models.infer.result_checks import check_tensor
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -121,9 +125,15 @@ def restore_model(model: Any, state: dict[str, Any], path: Path) -> None:
 
 # ----------------------------------------------------------------------------- files
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
-    """Write ``directory/CHECKPOINT_NAME`` atomically (a temporary file, then ``os.replace``)."""
+    """Write ``directory/CHECKPOINT_NAME`` atomically (a temporary file, then ``os.replace``).
+
+    The state is serialised in memory first, so that a failed write raises ``OSError``
+    naming the file (not the ``RuntimeError`` of PyTorch's writer).
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     tmp = directory / (CHECKPOINT_NAME + ".tmp")
-    torch.save(state, tmp)
+    tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, directory / CHECKPOINT_NAME)
 
 
@@ -147,34 +157,138 @@ def load_checkpoint(path: str | os.PathLike[str], model: Any = None) -> dict[str
     FileNotFoundError
         No checkpoint at ``path``.
     ValueError
-        The file is truncated, not a checkpoint, or lacks one of the keys above.
+        Naming the file: a directory, link loop or pipe; truncated; not a checkpoint (a
+        pickled object is refused before it runs); one of the keys above missing or of the
+        wrong type or shape.
     """
     path = Path(path).expanduser()
-    if path.is_dir():
+    if path.is_dir() and path.name != CHECKPOINT_NAME:
         path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint")
-    try:
-        state = torch.load(path, weights_only=True)
-    except PermissionError:
-        raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        # A truncated archive surfaces as RuntimeError or OSError (EINVAL), other bytes as
-        # UnpicklingError.
-        raise ValueError(
-            f"corrupt checkpoint {path}: truncated, or not written by fit_svi "
-            f"({type(exc).__name__})"
-        ) from None
-    missing = [key for key in _KEYS if not isinstance(state, dict) or key not in state]
-    if missing:
-        raise ValueError(f"corrupt checkpoint {path}: missing {missing}")
-    if state["mode"] not in _MODE_NAME:
-        raise ValueError(f"corrupt checkpoint {path}: unknown mode {state['mode']!r}")
+    state = load_tensor_file(path, "checkpoint", "fit_svi", missing="no checkpoint")
+    problem = _state_problem(state)
+    if problem:
+        raise ValueError(f"corrupt checkpoint {path}: {problem}")
     if model is not None:
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"only an nn.Module model can be restored; got {type(model).__name__}")
         restore_model(model, state["model_state"], path)
     return state
+
+
+# ----------------------------------------------------------------------------- validation
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _str_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
+def _tensors(value: Any) -> bool:
+    return _str_dict(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _byte_state(value: Any, size: int) -> bool:
+    return (isinstance(value, torch.Tensor) and value.dtype == torch.uint8
+            and tuple(value.shape) == (size,))
+
+
+#: Top-level fields: name -> (test, what it must be).
+_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "mode": (lambda v: isinstance(v, str) and v in _MODE_NAME, f"one of {list(_MODE_NAME)}"),
+    "epoch": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "seed": (lambda v: v is None or _is_int(v), "an integer or None"),
+    "config": (_str_dict, "a mapping of setting names to values"),
+    "model_state": (_tensors, "a mapping of names to tensors"),
+    "param_store": (_tensors, "a mapping of names to tensors"),
+    "optimizer_state": (_str_dict, "a mapping"),
+    "rng": (lambda v: _str_dict(v) and "pyro" in v, "a mapping with a 'pyro' entry"),
+    "history": (
+        lambda v: _str_dict(v) and all(
+            isinstance(h, list) and all(_is_number(x) for x in h) for h in v.values()
+        ),
+        "a mapping of names to lists of numbers",
+    ),
+}
+
+
+def _pyro_rng_problem(state: Any) -> str | None:
+    """What is wrong with the ``rng['pyro']`` entry written by :func:`rng_state`, if anything."""
+    if not _str_dict(state) or set(state) != {"torch", "random", "numpy"}:
+        return "rng['pyro'] must be a mapping with 'torch', 'random' and 'numpy'"
+    if not _byte_state(state["torch"], torch.get_rng_state().numel()):
+        return (f"rng['pyro']['torch'] must be torch's RNG state ({torch.get_rng_state().numel()} "
+                "bytes)")
+    random = state["random"]
+    if not (isinstance(random, tuple) and len(random) == 3 and _is_int(random[0])
+            and isinstance(random[1], tuple) and len(random[1]) == 625
+            and all(_is_int(x) and 0 <= x < 2**32 for x in random[1])
+            and (random[2] is None or _is_number(random[2]))):
+        return "rng['pyro']['random'] must be the state of Python's random module"
+    numpy = state["numpy"]
+    if not (isinstance(numpy, tuple) and len(numpy) == 5 and numpy[0] == "MT19937"
+            and isinstance(numpy[1], torch.Tensor) and numpy[1].dtype == torch.int64
+            and tuple(numpy[1].shape) == (624,) and _is_int(numpy[2]) and 0 <= numpy[2] <= 624
+            and _is_int(numpy[3]) and _is_number(numpy[4])):
+        return "rng['pyro']['numpy'] must be NumPy's MT19937 state (name, 624 keys, pos, ...)"
+    return None
+
+
+def _optimizer_problem(state: Mapping[str, Any], mode: str, params: Mapping[str, Any]) -> (
+        str | None):
+    if "pyro_optim" not in state:
+        return "optimizer_state has no 'pyro_optim'" if mode == "full_batch" else None
+    optim = state["pyro_optim"]
+    if not _str_dict(optim):
+        return "optimizer_state['pyro_optim'] must be a mapping of parameter names"
+    for name, value in optim.items():
+        if not (isinstance(value, dict) and {"state", "param_groups"} <= set(value)
+                and isinstance(value["state"], dict) and isinstance(value["param_groups"], list)):
+            return (f"optimizer_state['pyro_optim'][{name!r}] must be an optimiser's state "
+                    "(with 'state' and 'param_groups')")
+    foreign = sorted(set(optim) - set(params))
+    if foreign:
+        return f"optimizer_state names parameters {foreign[:3]} that param_store does not hold"
+    return None
+
+
+def _state_problem(state: Any) -> str | None:
+    """What is wrong with a loaded checkpoint ``state``, or None (see the module's table)."""
+    missing = [key for key in _KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        return f"missing {missing}"
+    for name, (test, needs) in _FIELDS.items():
+        if not test(state[name]):
+            return f"{name} must be {needs}; got {type(state[name]).__name__} {state[name]!r:.60}"
+    for group in ("model_state", "param_store"):
+        for key, value in state[group].items():
+            try:
+                check_tensor(f"{group}[{key!r}]", value, floating=group == "param_store")
+            except ValueError as exc:
+                return str(exc)
+    if state["mode"] == "full_batch" and "elbo" not in state["history"]:
+        return "history has no 'elbo'"
+    problem = _pyro_rng_problem(state["rng"]["pyro"])
+    if problem:
+        return problem
+    batches = state["rng"].get("batches")
+    if state["mode"] == "minibatch" and not (
+        _str_dict(batches) and _byte_state(batches.get("generator"),
+                                           torch.Generator().get_state().numel())
+        and isinstance(batches.get("transform"), dict)
+    ):
+        return "rng['batches'] must hold the data order's generator state and the transform's"
+    extra = state.get("extra", {})
+    if not (_str_dict(extra) and all(
+        _is_number(v) if key in ("fit_seconds", "steps") else True for key, v in extra.items()
+    ) and (isinstance(extra.get("epoch_seconds", []), list)
+           and all(_is_number(x) for x in extra.get("epoch_seconds", [])))):
+        return "extra must be a mapping of numbers (steps, fit_seconds, epoch_seconds)"
+    return _optimizer_problem(state["optimizer_state"], state["mode"], state["param_store"])
 
 
 def check_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:

@@ -76,8 +76,12 @@ def encode_priors(priors: Mapping[str, Any]) -> tuple[dict, dict, list[str]]:
     return described, tensors, unsaved
 
 
-def decode_priors(described: Any, tensors: Any) -> dict[str, Any]:
+def decode_priors(described: Any, tensors: Any, *, max_dim: int | None = None) -> dict[str, Any]:
     """Priors from :func:`encode_priors`'s output.
+
+    ``max_dim`` bounds an ``LKJCholesky`` prior's ``dim`` (the number of features, so at most
+    the largest dimension of a result's tensors): a larger one is refused before the
+    distribution, whose size grows with ``dim``, is built.
 
     Raises
     ------
@@ -113,6 +117,14 @@ def decode_priors(described: Any, tensors: Any) -> dict[str, Any]:
         if not set(args) <= allowed:
             raise ValueError(
                 f"model.priors['{site}']: {name} takes no {sorted(set(args) - allowed)}"
+            )
+        dim = args.get("dim")
+        if dim is not None and (dim.numel() != 1 or dim.is_floating_point() or dim.is_complex()
+                                or not 1 <= int(dim) <= (max_dim or int(dim))):
+            raise ValueError(
+                f"model.priors['{site}']: {name} dim must be one positive integer"
+                f"{f' at most {max_dim} (the largest saved dimension)' if max_dim else ''}; got "
+                f"{dim.item() if dim.numel() == 1 else f'shape {tuple(dim.shape)}'}"
             )
         try:
             prior = _build(cls, args)

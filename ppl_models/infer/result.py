@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import pickle
+import io
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +11,15 @@ from typing import Any
 
 import torch
 
+from ppl_models._shared.files import load_tensor_file
+from ppl_models._shared.jsonsafe import read_json, to_json
 from ppl_models.infer.prior_codec import decode_priors, encode_priors
-from ppl_models.infer.result_checks import check_fields, check_tensors
+from ppl_models.infer.result_checks import (
+    check_config_sizes,
+    check_fields,
+    check_tensors,
+    largest_dimension,
+)
 from ppl_models.models import AmortizedModel, build_model
 
 __all__ = ["FitResult"]
@@ -85,7 +92,11 @@ class FitResult:
     def save(self, path: str | Path) -> Path:
         """Write the result to a folder: ``result.json`` and ``tensors.pt`` (tensors only).
 
-        Nothing is pickled; :meth:`load` reads the tensors with ``weights_only=True``. An
+        Nothing is pickled; :meth:`load` reads the tensors with ``weights_only=True``.
+        ``result.json`` is strict JSON: a non-finite number (the R-hat of a single chain, a
+        diverged objective) is written as ``null``; :meth:`load` reads a ``null`` back as
+        ``nan`` in the history and in lists of numbers (per-draw statistics), as ``None``
+        elsewhere. An
         amortized model's networks are saved as their ``state_dict``. Priors that are tensors
         or allow-listed distributions (:data:`~ppl_models.models.registry.PRIOR_DISTRIBUTIONS`)
         with tensor arguments are saved; others (callables, transformed distributions) are
@@ -114,14 +125,16 @@ class FitResult:
             else {}
         )
         tensors = {
-            "data": self.data,
-            "params": dict(self.params),
-            "draws": dict(self.draws) if self.draws is not None else {},
+            "data": _dense(self.data),
+            "params": {k: _dense(v) for k, v in self.params.items()},
+            "draws": {k: _dense(v) for k, v in (self.draws or {}).items()},
             "priors": prior_tensors,
             "state": state,
         }
-        (path / "result.json").write_text(json.dumps(meta, indent=2))
-        torch.save(tensors, path / "tensors.pt")
+        buffer = io.BytesIO()  # serialise first: a failed write then raises only OSError
+        torch.save(tensors, buffer)
+        (path / "result.json").write_text(to_json(meta))  # non-finite numbers -> null
+        (path / "tensors.pt").write_bytes(buffer.getvalue())
         return path
 
     @classmethod
@@ -131,14 +144,26 @@ class FitResult:
         Raises
         ------
         FileNotFoundError
-            When ``result.json`` or ``tensors.pt`` is missing.
+            When the folder, ``result.json`` or ``tensors.pt`` is missing.
         ValueError
-            For anything else wrong with the folder, naming the field: unreadable files, a
+            For anything else wrong with the folder, naming the field and the folder: a
+            directory, link loop or pipe where a file belongs, files that are not UTF-8 JSON
+            or plain tensors (a pickled object is refused before it runs), truncated files, a
             recorded field of the wrong type, an unknown model or prior distribution, tensors
             that do not fit the saved configuration (number of components, covariance type,
             shapes, another model's tensors) and non-finite values.
         """
         path = Path(path)
+        try:
+            return cls._load(path)
+        except ValueError as exc:
+            message = str(exc)
+            if str(path) in message:
+                raise
+            raise ValueError(f"{message} (in the fit result {path})") from None
+
+    @classmethod
+    def _load(cls, path: Path) -> FitResult:
         meta, tensors = _read(path)
         spec = meta["model"]
         if meta["priors_not_saved"]:
@@ -148,9 +173,17 @@ class FitResult:
                 UserWarning,
                 stacklevel=2,
             )
-        priors = decode_priors(spec["priors"], tensors["priors"])
+        check_config_sizes(spec["config"], tensors)  # before building: no huge allocation
+        largest = largest_dimension(tensors)
+        priors = decode_priors(spec["priors"], tensors["priors"], max_dim=largest)
         with torch.random.fork_rng(devices=[]):  # fresh networks must not move the global RNG
-            model = build_model(spec["name"], spec["config"], priors)
+            try:
+                model = build_model(spec["name"], spec["config"], priors)
+            except ValueError as exc:
+                message = str(exc)
+                raise ValueError(
+                    message if message.startswith("model.") else f"model.config: {message}"
+                ) from None
         check_tensors(model, tensors)
         if isinstance(model, AmortizedModel):
             _load_state(model, tensors["state"])
@@ -160,38 +193,60 @@ class FitResult:
             data=tensors["data"],
             params=tensors["params"],
             draws=tensors["draws"] or None,
-            history=meta["history"],
+            history={
+                name: [math.nan if x is None else x for x in values]
+                for name, values in meta["history"].items()
+            },
             converged=meta["converged"],
             n_iter=meta["n_iter"],
             seed=meta["seed"],
             fit_seconds=meta["fit_seconds"],
-            info=meta["info"],
+            info=_numbers_back(meta["info"]),
             columns=meta["columns"],
         )
 
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``result.json`` and ``tensors.pt`` with every field of the expected type."""
-    try:
-        meta = json.loads((path / "result.json").read_text())
-        tensors = torch.load(path / "tensors.pt", weights_only=True)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"no saved fit result in {path}: {exc.filename} missing") from None
-    except (json.JSONDecodeError, pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"corrupt fit result in {path}: {first}") from None
+    if not path.is_dir():
+        if path.exists() or path.is_symlink():
+            raise ValueError(f"{path}: not a folder holding a saved fit result")
+        raise FileNotFoundError(f"no saved fit result in {path}: {path} missing")
+    missing = f"missing (no saved fit result in {path})"
+    meta = read_json(path / "result.json", missing)
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{path} is not a ppl-models fit result (format {found})")
-    missing = sorted(set(_REQUIRED) - set(meta))
-    if missing or not isinstance(tensors, dict) or not _TENSOR_KEYS <= set(tensors):
+        raise ValueError(f"{path} is not a ppl-models fit result (format {found!r:.60})")
+    tensors = load_tensor_file(path / "tensors.pt", "fit result", "FitResult.save", missing)
+    absent = sorted(set(_REQUIRED) - set(meta))
+    if absent or not isinstance(tensors, dict) or not _TENSOR_KEYS <= set(tensors):
         raise ValueError(
-            f"corrupt fit result in {path}: missing {missing or 'tensors'} "
+            f"corrupt fit result in {path}: missing {absent or 'tensors'} "
             "(write it again with FitResult.save)"
         )
     tensors.setdefault("state", {})
     check_fields(meta, tensors)
     return meta, tensors
+
+
+def _numbers_back(value: Any) -> Any:
+    """``value`` with ``None`` read as ``nan`` in every list of numbers (written by
+    :func:`~ppl_models._shared.jsonsafe.to_json` for a non-finite one)."""
+    if isinstance(value, dict):
+        return {k: _numbers_back(v) for k, v in value.items()}
+    if isinstance(value, list):
+        numbers = [x for x in value if x is not None]
+        if numbers and len(numbers) < len(value) and all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in numbers
+        ):
+            return [math.nan if x is None else x for x in value]
+        return [_numbers_back(v) for v in value]
+    return value
+
+
+def _dense(value: torch.Tensor) -> torch.Tensor:
+    """``value`` detached and contiguous, so that its saved storage holds every element."""
+    return value.detach().contiguous()
 
 
 def _load_state(model: Any, state: dict[str, torch.Tensor]) -> None:

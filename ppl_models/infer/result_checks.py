@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import pyro.poutine
 import torch
 
 from ppl_models.models import AmortizedModel, CollapsedLikelihood
 
-__all__ = ["check_fields", "check_tensors"]
+__all__ = [
+    "check_config_sizes", "check_fields", "check_tensor", "check_tensors", "largest_dimension",
+]
 
 
 def _is_int(value: Any) -> bool:
@@ -30,9 +33,12 @@ def _fail(field: str, needs: str, value: Any) -> None:
     raise ValueError(f"{field} must be {needs}; got {type(value).__name__} {value!r:.60}")
 
 
+#: The drivers whose results are saved.
+METHODS = ("em", "svi", "nuts")
+
 #: Recorded fields of ``result.json``: name -> (test, what it must be).
 _FIELDS: dict[str, tuple[Any, str]] = {
-    "method": (lambda v: isinstance(v, str), "a string"),
+    "method": (lambda v: v in METHODS, f"one of {list(METHODS)}"),
     "converged": (lambda v: isinstance(v, bool), "a boolean"),
     "n_iter": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
     "seed": (lambda v: v is None or _is_int(v), "an integer or null"),
@@ -48,8 +54,11 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     ),
     "history": (
         lambda v: isinstance(v, dict)
-        and all(isinstance(h, list) and all(_is_number(x) for x in h) for h in v.values()),
-        "an object of lists of numbers",
+        and all(
+            isinstance(h, list) and all(x is None or _is_number(x) for x in h)
+            for h in v.values()
+        ),
+        "an object of lists of numbers (null for a non-finite one)",
     ),
 }
 
@@ -61,8 +70,32 @@ def _tensor_dict(field: str, value: Any) -> None:
         _fail(field, "a mapping of names to tensors", value)
 
 
+def check_tensor(
+    where: str, value: torch.Tensor, floating: bool = True, expanded_up_to: int = 0
+) -> None:
+    """A dense tensor whose stored bytes hold every element it declares, real floating point
+    (unless ``floating`` is False) and finite; checked in this order, so that a tensor that
+    declares a huge shape over a few bytes is refused before anything reads it.
+
+    ``expanded_up_to`` lets a broadcast view (a prior's scale expanded to the sites' shape,
+    saved as one stored value) declare up to that many elements.
+    """
+    if value.layout != torch.strided:
+        raise ValueError(f"{where} must be a dense tensor; got layout {value.layout}")
+    stored = value.untyped_storage().nbytes()
+    if value.numel() * value.element_size() > stored and value.numel() > expanded_up_to:
+        raise ValueError(
+            f"{where} declares shape {tuple(value.shape)} ({value.numel()} elements) but holds "
+            f"only {stored} bytes: corrupt or hostile"
+        )
+    if floating and not (value.is_floating_point() and not value.is_complex()):
+        raise ValueError(f"{where} must hold real floating-point numbers; got {value.dtype}")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{where} holds non-finite values")
+
+
 def check_fields(meta: Mapping[str, Any], tensors: Mapping[str, Any]) -> None:
-    """Types of every recorded field and tensor group."""
+    """Types of every recorded field and tensor group, and the tensors' values."""
     for name, (test, needs) in _FIELDS.items():
         if not test(meta[name]):
             _fail(name, needs, meta[name])
@@ -79,12 +112,66 @@ def check_fields(meta: Mapping[str, Any], tensors: Mapping[str, Any]) -> None:
         _tensor_dict(group, tensors[group])
     if not isinstance(tensors["priors"], dict):
         _fail("priors", "a mapping", tensors["priors"])
-    for group in ("data", "params", "draws", "state"):
-        values = tensors[group] if group != "data" else {"": tensors["data"]}
-        for key, value in values.items():
-            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                where = group if group == "data" else f"{group}['{key}']"
-                raise ValueError(f"{where} holds non-finite values")
+    check_tensor("data", tensors["data"])
+    n, d = tensors["data"].shape
+    if n == 0 or d == 0:
+        raise ValueError(f"data are empty (shape {(n, d)})")
+    if meta["columns"] and len(meta["columns"]) != d:
+        raise ValueError(f"columns names {len(meta['columns'])} features; data has {d}")
+    for group in ("params", "draws", "state"):
+        for key, value in tensors[group].items():
+            # network buffers may be integers (counters); their dtype is checked against the
+            # rebuilt model's
+            check_tensor(f"{group}['{key}']", value, floating=group != "state")
+    # a prior's argument is no larger than the site it is the prior of
+    saved = sum(v.numel() for g in ("params", "draws", "state") for v in tensors[g].values())
+    for site, args in tensors["priors"].items():
+        if isinstance(args, Mapping):  # their types are checked by decode_priors
+            for key, value in args.items():
+                if isinstance(value, torch.Tensor):
+                    check_tensor(f"priors['{site}']['{key}']", value, floating=False,
+                                 expanded_up_to=saved + n * d)
+
+
+def _dims(value: Any) -> list[int]:
+    """Every dimension of every tensor in ``value`` (nested mappings of tensors)."""
+    if isinstance(value, torch.Tensor):
+        return list(value.shape)
+    if isinstance(value, Mapping):
+        return [d for v in value.values() for d in _dims(v)]
+    return []
+
+
+def _config_ints(config: Any, where: str = "model.config") -> list[tuple[str, int]]:
+    if isinstance(config, Mapping):
+        return [p for k, v in config.items() for p in _config_ints(v, f"{where}.{k}")]
+    if isinstance(config, list):
+        return [p for i, v in enumerate(config) for p in _config_ints(v, f"{where}[{i}]")]
+    return [(where, config)] if _is_int(config) else []
+
+
+def largest_dimension(tensors: Mapping[str, Any]) -> int:
+    """The largest dimension of the data, sites' values and network weights of a result."""
+    return max(_dims({k: tensors[k] for k in ("data", "params", "draws", "state")}), default=0)
+
+
+def check_config_sizes(config: Mapping[str, Any], tensors: Mapping[str, Any]) -> None:
+    """Refuse a configuration with a size no saved tensor has, before the model is built.
+
+    Every size in a model's configuration (components, features, hidden units, latent
+    dimensions, pseudo-inputs) is a dimension of some tensor the fit saved: the data, a
+    site's values, a network weight. A larger integer cannot describe these tensors, and
+    building the model from it could try to allocate any amount of memory.
+    """
+    largest = largest_dimension(tensors)
+    for where, value in _config_ints(config):
+        if value > largest:
+            digits = str(value)
+            shown = digits if len(digits) <= 20 else f"{digits[:12]}... ({len(digits)} digits)"
+            raise ValueError(
+                f"{where} = {shown} exceeds every dimension of the saved tensors (at most "
+                f"{largest}): the configuration does not describe them"
+            )
 
 
 def check_tensors(model: Any, tensors: Mapping[str, Any]) -> None:
@@ -98,6 +185,7 @@ def check_tensors(model: Any, tensors: Mapping[str, Any]) -> None:
         )
     if isinstance(model, CollapsedLikelihood):
         _check_sites(model, tensors)
+        _check_supports(model, tensors)
 
 
 def _check_sites(model: Any, tensors: Mapping[str, Any]) -> None:
@@ -128,6 +216,22 @@ def _check_sites(model: Any, tensors: Mapping[str, Any]) -> None:
                 )
 
 
+def _check_supports(model: Any, tensors: Mapping[str, Any]) -> None:
+    """Each point estimate lies in its site's support (weights on the simplex, scales > 0),
+    the supports read from one traced run of the model's marginal model on the data."""
+    with torch.random.fork_rng(devices=[]), pyro.poutine.block():
+        trace = pyro.poutine.trace(model.marginal_model).get_trace(tensors["data"])
+    for name, value in tensors["params"].items():
+        site = trace.nodes.get(name)
+        if site is None or site["type"] != "sample":
+            continue
+        if not bool(site["fn"].support.check(value).all()):
+            raise ValueError(
+                f"params['{name}'] lies outside its support ({site['fn'].support}): corrupt or "
+                "edited"
+            )
+
+
 def _check_state(model: Any, tensors: Mapping[str, Any]) -> None:
     for group in ("params", "draws"):
         if tensors[group]:
@@ -151,4 +255,11 @@ def _check_state(model: Any, tensors: Mapping[str, Any]) -> None:
             raise ValueError(
                 f"state['{key}'] has shape {tuple(saved[key].shape)}; the saved model.config "
                 f"needs {tuple(value.shape)}"
+            )
+        kind = saved[key].is_floating_point(), saved[key].is_complex()
+        if kind != (value.is_floating_point(), False):
+            needs = "real floating-point" if value.is_floating_point() else "integer"
+            raise ValueError(
+                f"state['{key}'] must hold {needs} numbers like the model's; got "
+                f"{saved[key].dtype}"
             )
