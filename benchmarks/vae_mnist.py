@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import time
@@ -51,6 +50,7 @@ from collections.abc import Callable
 
 import torch
 
+from ppl_models._shared.jsonsafe import to_json
 from ppl_models.diagnostics import assign_clusters, cluster_accuracy
 from ppl_models.images import load_images
 from ppl_models.infer import (
@@ -236,7 +236,7 @@ def main() -> None:
               f"{row['eval_seconds']:.0f} s", flush=True)
         if args.json:
             with open(args.json, "w") as handle:
-                json.dump({"args": vars(args), "rows": rows}, handle, indent=2)
+                handle.write(to_json({"args": vars(args), "rows": rows}))
 
 
 if __name__ == "__main__":

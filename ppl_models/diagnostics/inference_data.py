@@ -9,7 +9,6 @@ log-likelihood come from the model (:class:`~ppl_models.models.LatentModel` and
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ import torch
 from pyro import poutine
 
 from ppl_models._arviz import az
+from ppl_models._shared.jsonsafe import to_json
 from ppl_models.diagnostics.relabel import Relabelled, relabel_result
 from ppl_models.infer.result import FitResult
 from ppl_models.models import CollapsedLikelihood, LatentModel, MixtureModel
@@ -91,7 +91,7 @@ def _json_attr(value: Any) -> str | int | float | None:
     if value is None:
         return None
     try:
-        return json.dumps(value)
+        return to_json(value, indent=None).rstrip("\n")  # strict: NaN, infinities -> null
     except (TypeError, ValueError):
         return None
 

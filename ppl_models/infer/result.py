@@ -20,7 +20,7 @@ from ppl_models.infer.result_checks import (
     check_tensors,
     largest_dimension,
 )
-from ppl_models.models import AmortizedModel, build_model
+from ppl_models.models import AdversarialModel, AmortizedModel, build_model
 
 __all__ = ["FitResult"]
 
@@ -121,7 +121,7 @@ class FitResult:
         }
         state = (
             {k: v.detach() for k, v in self.model.state_dict().items()}
-            if isinstance(self.model, AmortizedModel)
+            if isinstance(self.model, AmortizedModel | AdversarialModel)
             else {}
         )
         tensors = {
@@ -185,7 +185,7 @@ class FitResult:
                     message if message.startswith("model.") else f"model.config: {message}"
                 ) from None
         check_tensors(model, tensors)
-        if isinstance(model, AmortizedModel):
+        if isinstance(model, AmortizedModel | AdversarialModel):
             _load_state(model, tensors["state"])
         return cls(
             model=model,

@@ -14,7 +14,7 @@ from typing import Any
 import pyro.poutine
 import torch
 
-from ppl_models.models import AmortizedModel, CollapsedLikelihood
+from ppl_models.models import AdversarialModel, AmortizedModel, CollapsedLikelihood
 
 __all__ = [
     "check_config_sizes", "check_fields", "check_tensor", "check_tensors", "largest_dimension",
@@ -34,7 +34,7 @@ def _fail(field: str, needs: str, value: Any) -> None:
 
 
 #: The drivers whose results are saved.
-METHODS = ("em", "svi", "nuts")
+METHODS = ("em", "svi", "nuts", "adversarial")
 
 #: Recorded fields of ``result.json``: name -> (test, what it must be).
 _FIELDS: dict[str, tuple[Any, str]] = {
@@ -176,7 +176,7 @@ def check_config_sizes(config: Mapping[str, Any], tensors: Mapping[str, Any]) ->
 
 def check_tensors(model: Any, tensors: Mapping[str, Any]) -> None:
     """The tensors fit ``model``: its sites and shapes, or its networks' state."""
-    if isinstance(model, AmortizedModel):
+    if isinstance(model, AmortizedModel | AdversarialModel):
         _check_state(model, tensors)
     elif tensors["state"]:
         raise ValueError(
@@ -240,7 +240,7 @@ def _check_state(model: Any, tensors: Mapping[str, Any]) -> None:
                 f"{sorted(tensors[group])} (another model's tensors)"
             )
     d = tensors["data"].shape[1]
-    if d != model.input_dim:
+    if isinstance(model, AmortizedModel) and d != model.input_dim:
         raise ValueError(f"data has {d} features; the saved model.config has {model.input_dim}")
     expected = model.state_dict()
     saved = tensors["state"]

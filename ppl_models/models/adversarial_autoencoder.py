@@ -359,6 +359,8 @@ class WassersteinAutoencoder(AdversarialAutoencoder):
         del config["adversarial_weight"]
         config.update(penalty=self.penalty, weight=self.weight, kernel=self.kernel,
                       kernel_scale=self.kernel_scale)
+        if self.penalty == "mmd":  # no discriminator: its widths describe nothing saved
+            del config["d_hidden"]
         return config
 
     def generator_terms(self, x: torch.Tensor, draws: AdversarialDraws) -> dict[str, torch.Tensor]:

@@ -174,7 +174,7 @@ class InfoGAN(GAN):
 
     # ------------------------------------------------------------------ structure
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             **super().config(),
             "n_categories": self.n_categories,
             "n_continuous": self.n_continuous,
@@ -184,6 +184,11 @@ class InfoGAN(GAN):
             "info_weight": self.info_weight,
             "continuous_weight": self.continuous_weight,
         }
+        # Only the widths of the networks built (the saved weights must bear them out).
+        unused = ("channels",) if self.architecture == "mlp" else ("hidden", "d_hidden")
+        for name in unused:
+            config.pop(name, None)
+        return config
 
     def dims(self) -> dict[str, list[str]]:
         return {"z": ["obs", "latent"], "code": ["obs"], "style": ["obs", "style"],
