@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ppl-models: {len(args.ks)} values of K, each {args.n_init} EM restart(s) "
               f"then {then}", file=sys.stderr)
     with output_folder(out, need_bytes=NEED_BYTES, overwrite=args.overwrite) as staging:
-        data, names = load(args.data, columns=columns_of(args), standardize=args.standardize)
+        data, names = load(args.data, columns=columns_of(args), standardize=args.standardize,
+                            key=args.key)
         with captured_warnings() as notes:
             table = select_components(
                 data,
