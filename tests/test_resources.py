@@ -28,7 +28,13 @@ from ppl_models.infer.resources import (
     standard_errors_seconds,
     vae_memory,
 )
-from ppl_models.models import GMVAE, VAE, GaussianMixture, MixtureOfGaussiansPrior
+from ppl_models.models import (
+    GMVAE,
+    VAE,
+    GaussianMixture,
+    MixtureOfGaussiansPrior,
+    StudentTMixture,
+)
 
 
 @pytest.mark.parametrize(
@@ -125,6 +131,10 @@ def test_mixture_estimate_grows_with_n_and_k_and_adds_standard_errors():
         10 * small.total, rel=0.01)
     with_se = mixture_memory(GaussianMixture(2), 1000, 2, standard_errors=True, arviz=False)
     assert with_se.peak_phase == "standard errors" and with_se.total > small.total
+    # no closed-form M-step: Pyro's enumeration keeps a K x N x D graph with its gradients
+    student = mixture_memory(StudentTMixture(2), 1000, 2, arviz=False)
+    extra = student.phases["fit"]["generic M-step graph (K x N x D, twice, with gradients)"]
+    assert extra == 2 * 2 * 2 * 1000 * 2 * 8 and student.total == small.total + extra
 
 
 def _hooked_sizes(model: GMVAE, x: torch.Tensor) -> dict[str, int]:

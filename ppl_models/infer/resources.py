@@ -10,7 +10,9 @@ widths), in bytes:
 mixture, EM (:func:`mixture_memory`) responsibilities and log densities ``N x K``, the E-step's
                                     whitened differences ``N x K x D`` (the exact path), the
                                     expanded features ``N x (D(D+1)/2 + D + 1)`` of the fast
-                                    path, covariances and their factors ``K x D x D``
+                                    path, covariances and their factors ``K x D x D``; without
+                                    a closed-form M-step (Student-t), the generic M-step's
+                                    ``K x N x D`` graph with its gradients
 mixture, SVI / NUTS                 the enumerated log densities ``K x N`` and ``K x N x D``
                                     with their gradients, the draws' log-likelihood
                                     ``draws x N``
@@ -48,7 +50,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ppl_models.models import GMVAE, VAE, FiniteMixture, MixtureOfGaussiansPrior, VampPrior
+from ppl_models.models import (
+    GMVAE,
+    VAE,
+    ClosedFormEM,
+    FiniteMixture,
+    MixtureOfGaussiansPrior,
+    VampPrior,
+)
 
 __all__ = [
     "AVAILABLE_FRACTION",
@@ -285,6 +294,9 @@ def mixture_memory(
                 min(n * (n_quad + d + 1), 2 * n * k * d) * b,
             **covariances,
         }
+        if not isinstance(model, ClosedFormEM):  # Pyro's enumeration and L-BFGS
+            phases["fit"]["generic M-step graph (K x N x D, twice, with gradients)"] = (
+                _TRAINING * 2 * n * k * d * b)
         if standard_errors:
             p = _free_parameters(model, d)
             phases["standard errors"] = {
