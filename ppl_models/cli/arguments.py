@@ -7,6 +7,7 @@ Usage errors read like every other error of the package (:mod:`ppl_models._share
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from ppl_models._shared.checks import float_rule, int_rule
@@ -18,6 +19,7 @@ __all__ = [
     "add_output_options",
     "columns_of",
     "fraction",
+    "int_at_least",
     "non_negative_int",
     "positive_float",
     "positive_int",
@@ -53,6 +55,17 @@ def non_negative_int(text: str) -> int:
     return _integer(text, 0)
 
 
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An ``argparse`` type: an integer of at least ``minimum`` (``int_at_least(2)`` for a
+    bootstrap's number of refits)."""
+
+    def parse(text: str) -> int:
+        return _integer(text, minimum)
+
+    parse.__name__ = f"int_at_least_{minimum}"
+    return parse
+
+
 def _number(text: str, low: float, high: float | None, strict_low: bool, strict_high: bool
             ) -> float:
     rule = float_rule(low, high, strict_minimum=strict_low, strict_maximum=strict_high)
@@ -80,10 +93,16 @@ def fraction(text: str) -> float:
 
 def add_data_options(parser: argparse.ArgumentParser, *, default: str | None = "faithful"
                      ) -> None:
-    """``--data``, ``--columns`` and ``--standardize`` of the commands on tabular data."""
+    """``--data``, ``--key``, ``--columns`` and ``--standardize`` of the commands on tabular
+    data."""
     parser.add_argument(
         "--data", metavar="SOURCE", default=default,
         help=f"bundled name or a .csv/.npz path (default {default})",
+    )
+    parser.add_argument(
+        "--key", metavar="NAME",
+        help="the array of a --data FILE.npz to read (needed when the archive holds several; "
+        "refused for a CSV file) (default: the archive's only array)",
     )
     parser.add_argument("--columns", metavar="A,B",
                         help="comma-separated columns to use (default: all)")

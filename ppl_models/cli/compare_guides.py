@@ -143,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ppl-models: {nuts}{len(kinds) * n_seeds} SVI fits ({len(kinds)} guides x "
               f"{n_seeds} seeds) of {args.steps} steps each", file=sys.stderr)
     with output_folder(out, need_bytes=NEED_BYTES, overwrite=args.overwrite) as staging:
-        data, names = load(args.data, columns=columns_of(args), standardize=args.standardize)
+        data, names = load(args.data, columns=columns_of(args), standardize=args.standardize,
+                            key=args.key)
         kinds = [g.strip() for g in args.guides.split(",") if g.strip()]
         with captured_warnings():
             comparison = compare_guides(

@@ -19,6 +19,7 @@ from ppl_models.cli.arguments import (
     add_data_options,
     add_output_options,
     columns_of,
+    int_at_least,
     non_negative_int,
     positive_float,
     positive_int,
@@ -26,7 +27,17 @@ from ppl_models.cli.arguments import (
     show_defaults,
 )
 
-__all__ = ["DRIVERS", "MODEL_OPTIONS", "add_parser", "metrics", "mixture_names", "run"]
+__all__ = [
+    "DRIVERS",
+    "MODEL_OPTIONS",
+    "SE_AUTO_SECONDS",
+    "add_parser",
+    "check_standard_errors",
+    "metrics",
+    "mixture_names",
+    "run",
+    "standard_errors_plan",
+]
 
 #: A rough size of the outputs, for the free-space check (measured: about 0.5 MB for Old
 #: Faithful by NUTS, mostly ``inference_data.nc`` and the plots).
@@ -98,6 +109,56 @@ def work_estimate(args: argparse.Namespace) -> str:
     if args.method == "svi":
         return f"SVI: 1 fit of {args.num_steps} steps ({args.guide} guide)"
     return f"EM: {args.n_init} restart(s) of at most {args.max_iter} iterations"
+
+
+#: With neither ``--standard-errors`` nor ``--no-standard-errors``, EM's standard errors are
+#: computed when estimated to take at most this long
+#: (:func:`ppl_models.infer.resources.standard_errors_seconds`): their cost is one double
+#: backward pass per free parameter, 3 to 200 times the fit itself (see
+#: :func:`~ppl_models.infer.fit_em`), negligible on Old Faithful (about 0.07 s) and 10 s or
+#: more for 10,000 x 10 with K=5.
+SE_AUTO_SECONDS = 2.0
+
+
+def check_standard_errors(args: argparse.Namespace) -> None:
+    """Refuse (``ValueError``, one line, exit status 2) ``--standard-errors`` or
+    ``--bootstrap`` with a method other than EM, and ``--bootstrap`` with
+    ``--no-standard-errors``."""
+    asked = args.standard_errors is True or args.bootstrap is not None
+    if args.method != "em" and asked:
+        option = "--bootstrap" if args.bootstrap is not None else "--standard-errors"
+        raise ValueError(
+            f"{option} applies to --method em only: a {args.method} fit reports posterior "
+            "standard deviations (the sd column of summary.csv) instead"
+        )
+    if args.bootstrap is not None and args.standard_errors is False:
+        raise ValueError("--bootstrap computes standard errors; it contradicts "
+                         "--no-standard-errors")
+
+
+def standard_errors_plan(args: argparse.Namespace, model, n: int, d: int
+                         ) -> tuple[str | None, str]:
+    """``(method, why)``: how EM's standard errors are computed
+    (``"observed_information"``, ``"bootstrap"``, or ``None`` for not at all) and, when not,
+    why in words (empty for a method other than EM, which has posterior standard deviations).
+    """
+    from ppl_models.infer.resources import standard_errors_seconds
+
+    if args.method != "em":
+        return None, ""
+    if args.bootstrap is not None:
+        return "bootstrap", ""
+    if args.standard_errors is True:
+        return "observed_information", ""
+    if args.standard_errors is False:
+        return None, "not computed (--no-standard-errors)"
+    seconds = standard_errors_seconds(model, n, d)
+    if seconds <= SE_AUTO_SECONDS:
+        return "observed_information", ""
+    return None, (
+        f"not computed: estimated to take about {seconds:.0f} s (more than "
+        f"{SE_AUTO_SECONDS:g} s); pass --standard-errors to compute them"
+    )
 
 
 def _removed_steps(text: str) -> int:
@@ -181,6 +242,20 @@ def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
                         "nuts only)")
     parser.add_argument("--chains", metavar="N", type=positive_int,
                         help=f"NUTS chains (default {defaults['chains']}; nuts only)")
+    parser.add_argument(
+        "--standard-errors", action=argparse.BooleanOptionalAction, default=None,
+        help="standard errors and asymptotic 95%% Wald intervals of every parameter from the "
+        "observed information (em only), in summary.csv (se, lower_95, upper_95, interval), "
+        "metrics.json and inference_data.nc (group standard_errors) (default: computed when "
+        f"estimated to take at most {SE_AUTO_SECONDS:g} s, e.g. on Old Faithful; each costs "
+        "one backward pass per parameter, up to 200 times the fit)",
+    )
+    parser.add_argument(
+        "--bootstrap", metavar="B", type=int_at_least(2),
+        help="standard errors and 95%% percentile intervals from a parametric bootstrap of B "
+        ">= 2 refits instead (em only; better in small samples, B times the cost of a fit) "
+        "(default: off)",
+    )
     parser.add_argument("--steps", metavar="N", type=_removed_steps,
                         help="removed (it meant three things): use --max-iter, --num-steps "
                         "or --num-samples (default: none)")
@@ -252,6 +327,27 @@ def _student_t(model, params: dict) -> dict[str, Any]:
     return out
 
 
+def _num_draws(args: argparse.Namespace) -> int:
+    """Posterior draws a fit keeps: NUTS's chains x draws, SVI's 1,000 guide draws."""
+    return args.chains * args.num_samples if args.method == "nuts" else 1000
+
+
+def _with_standard_errors(result, method: str, args: argparse.Namespace):
+    """``result`` with ``info["standard_errors"]`` (JSON form) from
+    :func:`~ppl_models.infer.standard_errors.compute_standard_errors`; its reasons for
+    distrust are issued as warnings (printed as ``ppl-models: warning: ...``)."""
+    import dataclasses
+    import warnings
+
+    from ppl_models.infer.standard_errors import compute_standard_errors
+
+    errors = compute_standard_errors(result, method, n_boot=args.bootstrap or 2,
+                                     seed=args.seed)
+    for note in errors.warnings:
+        warnings.warn(f"standard errors: {note}", UserWarning, stacklevel=2)
+    return dataclasses.replace(result, info={**result.info, "standard_errors": errors.to_json()})
+
+
 def _load(args: argparse.Namespace):
     """``(data, column names, labels or None)``: with ``--label-column`` the label column is
     read on its own and kept out of the features."""
@@ -259,19 +355,20 @@ def _load(args: argparse.Namespace):
 
     columns = columns_of(args)
     if args.label_column is None:
-        data, names = load(args.data, columns=columns, standardize=args.standardize)
+        data, names = load(args.data, columns=columns, standardize=args.standardize,
+                           key=args.key)
         return data, names, None
     label = args.label_column
     if columns is None:
-        _, columns = load(args.data)
+        _, columns = load(args.data, key=args.key)
     if label not in columns:
         raise ValueError(f"--label-column {label!r} is not a column of {args.data}; "
                          f"have {list(columns)}")
     features = [c for c in columns if c != label]
     if not features:
         raise ValueError(f"--label-column {label!r} leaves no feature to fit")
-    data, names = load(args.data, columns=features, standardize=args.standardize)
-    labels, _ = load(args.data, columns=[label])
+    data, names = load(args.data, columns=features, standardize=args.standardize, key=args.key)
+    labels, _ = load(args.data, columns=[label], key=args.key)
     return data, names, labels[:, 0].round().long().numpy()
 
 
@@ -292,17 +389,31 @@ def run(args: argparse.Namespace) -> int:
         to_inference_data,
     )
     from ppl_models.diagnostics.criteria import information_criteria
+    from ppl_models.infer.resources import check_memory, mixture_memory
 
     check_applicable(args)
+    check_standard_errors(args)
     out = args.out or Path("runs") / f"{args.model}-{args.method}"
     if not args.quiet:
         print(f"ppl-models: {work_estimate(args)}", file=sys.stderr)
     with output_folder(out, need_bytes=NEED_BYTES, overwrite=args.overwrite) as staging:
         data, names, labels = _load(args)
         model = build_model(args)
+        n, d = data.shape
+        se_method, se_skipped = standard_errors_plan(args, model, n, d)
+        check_memory(mixture_memory(
+            model, n, d, method=args.method, num_draws=_num_draws(args),
+            standard_errors=se_method is not None,
+        ))
         with captured_warnings():
             result = DRIVERS[args.method](model, data, args, names)
+            if se_method is not None:
+                result = _with_standard_errors(result, se_method, args)
         figures = metrics(result)
+        if se_method is not None:
+            figures["standard_errors"] = result.info["standard_errors"]
+        elif se_skipped:
+            figures["standard_errors"] = se_skipped
         idata = to_inference_data(result)
         figures.update(information_criteria(result, idata))
         table = summarize(idata)
@@ -324,6 +435,8 @@ def run(args: argparse.Namespace) -> int:
             f"{figures['mean_log_likelihood']:.4f} per observation, {figures['n_iter']} "
             f"iterations, converged={figures['converged']}, {figures['fit_seconds']:.2f} s"
         )
+        if se_skipped:
+            print(f"standard errors {se_skipped}")
         if written and len(names) > 2:
             print(f"note: the mixture plot shows the first two features, {names[0]} and "
                   f"{names[1]}, of {len(names)}")

@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         save_vae_plots,
     )
     from ppl_models.infer import elbo_terms, fit_svi, log_marginal_likelihood
+    from ppl_models.infer.resources import check_memory, vae_memory
 
     out = args.out or Path("runs") / f"vae-{args.prior}"
     progress = progress_of(args)
@@ -155,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         model = PRIORS[args.prior](x_train.shape[1], args, {"likelihood": args.likelihood})
         batch_size = min(args.batch_size, x_train.shape[0])
+        check_memory(vae_memory(model, x_train.shape[0], batch_size=batch_size,
+                                n_test=x_test.shape[0], particles=args.particles))
         if not args.quiet:
             print(f"ppl-models: VAE: {args.epochs} epochs x {-(-x_train.shape[0] // batch_size)}"
                   f" steps (batch {batch_size} of {x_train.shape[0]} images), then "

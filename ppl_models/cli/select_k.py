@@ -9,6 +9,7 @@ prints the table.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from ppl_models.cli.arguments import (
     show_defaults,
 )
 
-__all__ = ["add_subcommand", "parse_ks", "run"]
+__all__ = ["MAX_KS", "add_subcommand", "parse_ks", "run"]
 
 #: Output folder when ``--out`` is not given.
 DEFAULT_OUT = Path("runs") / "select-k"
@@ -31,20 +32,29 @@ DEFAULT_OUT = Path("runs") / "select-k"
 NEED_BYTES = 10_000_000
 
 
+#: Most values of K one ``select-k`` run takes (each is an EM fit with restarts and an SVI or
+#: NUTS fit): a range such as ``1-999999999`` is refused when parsed, before it is expanded.
+MAX_KS = 1000
+
+
 def parse_ks(text: str) -> list[int]:
     """Candidate K from ``"1-6"`` (a range, both ends included), ``"1,2,4"`` or a mix
     (``"1-3,5"``), sorted.
+
+    The ranges are checked before they are expanded, so a range of a billion values is
+    refused at once (:data:`MAX_KS`); K larger than the number of observations is refused
+    once the data are read (:func:`ppl_models.workflows.select_k.check_ks`).
 
     Raises
     ------
     ValueError
         For an empty text, a part that is not a whole number or range, K < 1, a decreasing
-        range or a K listed twice.
+        range, a K listed twice or more than :data:`MAX_KS` values.
     """
     text = str(text).strip()
     if not text:
         raise ValueError("the list of K is empty: give e.g. 1-6 or 1,2,4")
-    ks: list[int] = []
+    ranges: list[tuple[int, int]] = []
     for part in text.split(","):
         part = part.strip()
         low_text, sep, high_text = part.partition("-")
@@ -59,11 +69,19 @@ def parse_ks(text: str) -> list[int]:
             raise ValueError(f"every K must be at least 1; got {part!r}")
         if high < low:
             raise ValueError(f"the range {part!r} is decreasing; write {high}-{low}")
-        ks.extend(range(low, high + 1))
-    repeated = sorted({k for k in ks if ks.count(k) > 1})
+        ranges.append((low, high))
+    count = sum(high - low + 1 for low, high in ranges)
+    if count > MAX_KS:  # before anything is expanded
+        raise ValueError(
+            f"{text} lists {count} values of K; at most {MAX_KS} are fitted in one run (and "
+            "never more than the number of observations)"
+        )
+    ks = sorted(k for low, high in ranges for k in range(low, high + 1))
+    repeated = sorted({a for a, b in itertools.pairwise(ks) if a == b})
     if repeated:
-        raise ValueError(f"K={repeated} listed more than once")
-    return sorted(ks)
+        shown = ", ".join(str(k) for k in repeated[:10]) + (", ..." if len(repeated) > 10 else "")
+        raise ValueError(f"K=[{shown}] listed more than once")
+    return ks
 
 
 def _ks_argument(text: str) -> list[int]:
@@ -90,7 +108,8 @@ def add_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     add_data_options(parser, default="faithful")
     parser.add_argument(
         "--ks", metavar="KS", type=_ks_argument, default=parse_ks("1-6"),
-        help="candidate K: a range 1-6, a list 1,2,4 or both (default 1-6)",
+        help=f"candidate K: a range 1-6, a list 1,2,4 or both; at most {MAX_KS} values, each "
+        "at most the number of observations (default 1-6)",
     )
     parser.add_argument(
         "--criteria", metavar="NAMES", default="bic,loo,elbo",
@@ -126,7 +145,14 @@ def run(args: argparse.Namespace) -> int:
     from ppl_models._shared.warning_capture import captured_warnings
     from ppl_models.cli.output import output_folder
     from ppl_models.data import load
-    from ppl_models.workflows.select_k import plot_selection, select_components, table_to_json
+    from ppl_models.infer.resources import check_memory, mixture_memory
+    from ppl_models.models import GaussianMixture
+    from ppl_models.workflows.select_k import (
+        check_ks,
+        plot_selection,
+        select_components,
+        table_to_json,
+    )
 
     criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
     out = args.out or DEFAULT_OUT
@@ -136,7 +162,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"ppl-models: {len(args.ks)} values of K, each {args.n_init} EM restart(s) "
               f"then {then}", file=sys.stderr)
     with output_folder(out, need_bytes=NEED_BYTES, overwrite=args.overwrite) as staging:
-        data, names = load(args.data, columns=columns_of(args), standardize=args.standardize)
+        data, names = load(args.data, columns=columns_of(args), standardize=args.standardize,
+                           key=args.key)
+        n, d = data.shape
+        check_ks(args.ks, n)  # before any fit: K above N is refused in one line
+        for posterior in ("em", args.posterior):
+            check_memory(mixture_memory(
+                GaussianMixture(max(args.ks), args.covariance_type), n, d, method=posterior,
+                num_draws=args.draws, arviz=False,
+            ))
         with captured_warnings() as notes:
             table = select_components(
                 data,

@@ -16,15 +16,27 @@ from typing import Any
 
 import numpy as np
 import torch
+import xarray as xr
 from pyro import poutine
 
 from ppl_models._arviz import az
 from ppl_models._shared.jsonsafe import to_json
-from ppl_models.diagnostics.relabel import Relabelled, relabel_result
+from ppl_models.diagnostics.relabel import (
+    Relabelled,
+    component_rows,
+    label_permutations,
+    permute_components,
+    relabel_result,
+)
 from ppl_models.infer.result import FitResult
 from ppl_models.models import CollapsedLikelihood, LatentModel, MixtureModel
 
-__all__ = ["feature_names", "full_draws", "to_inference_data"]
+__all__ = ["SE_GROUP", "SE_STATISTICS", "feature_names", "full_draws", "to_inference_data"]
+
+#: The group of an EM fit's standard errors (``result.info["standard_errors"]``).
+SE_GROUP = "standard_errors"
+#: Coordinates of its ``statistic`` dim.
+SE_STATISTICS = ("estimate", "se", "lower", "upper")
 
 #: Draws per block when evaluating the pointwise log-likelihood (bounds memory to
 #: block * N * K numbers).
@@ -116,12 +128,70 @@ def _posterior_attrs(result: FitResult, relabelled: Relabelled) -> dict[str, Any
         if safe is not None:
             attrs.setdefault(key, safe)
     for key, value in result.info.items():
-        if key == "sample_stats":  # its own group
+        if key in ("sample_stats", SE_GROUP):  # their own groups
             continue
         safe = _json_attr(value)
         if safe is not None:
             attrs.setdefault(key, safe)
     return attrs
+
+
+def _standard_errors(
+    result: FitResult, relabelled: Relabelled, dims: Mapping[str, list[str]],
+    coords: Mapping[str, Any],
+) -> xr.Dataset | None:
+    """The :data:`SE_GROUP` group: per reported parameter, its estimate, standard error and
+    interval (dim ``statistic``) in the posterior's component order, or ``None`` when the fit
+    holds no standard errors (:func:`ppl_models.infer.standard_errors.compute_standard_errors`,
+    stored in ``result.info["standard_errors"]``)."""
+    table = result.info.get(SE_GROUP)
+    if result.draws is not None or not isinstance(table, Mapping) or not table.get("sites"):
+        return None
+    sites = {
+        name: {stat: torch.as_tensor(np.asarray(entry[stat], dtype=float))
+               for stat in SE_STATISTICS}
+        for name, entry in table["sites"].items()
+    }
+    model = result.model
+    if isinstance(model, MixtureModel) and relabelled.applied:
+        site, order = model.location_site, model.relabel_sites()
+        if site in sites and site in relabelled.params:
+            # The standard errors are in the fit's component order: match their estimates'
+            # locations to the relabelled ones (an exact match, so the assignment is the
+            # permutation relabel_result applied).
+            axis = order[site]
+            mine = component_rows(sites[site]["estimate"], axis, 0)
+            target = component_rows(torch.as_tensor(relabelled.params[site]).double(), axis, 0)
+            perm = label_permutations(mine[None], target)[0]
+            for stat in SE_STATISTICS:
+                permuted = permute_components(
+                    {name: sites[name][stat] for name in sites}, perm, order)
+                for name in sites:
+                    sites[name][stat] = permuted[name]
+    variables = {}
+    used: dict[str, Any] = {"statistic": list(SE_STATISTICS)}
+    for name, entry in sites.items():
+        values = np.stack([entry[stat].numpy() for stat in SE_STATISTICS], axis=-1)
+        names = list(dims.get(name, []))
+        if len(names) != values.ndim - 1:
+            names = [f"{name}_dim_{i}" for i in range(values.ndim - 1)]
+        for dim in names:
+            if dim in coords:
+                used[dim] = coords[dim]
+        variables[name] = ([*names, "statistic"], values)
+    asymptotic = bool(table.get("asymptotic"))
+    attrs = {
+        "method": str(table.get("method")),
+        "level": float(table.get("level", math.nan)),
+        "asymptotic": int(asymptotic),
+        "interval": "Wald (asymptotic)" if asymptotic else "bootstrap percentile",
+        "note": str(table.get("note", "")),
+        "warnings": _json_attr(list(table.get("warnings", []))),
+    }
+    for key in ("condition_number", "n_boot"):
+        if table.get(key) is not None:
+            attrs[key] = _json_attr(table[key])
+    return xr.Dataset(variables, coords=used, attrs=attrs)
 
 
 def _log_likelihood(
@@ -308,6 +378,14 @@ def to_inference_data(
           :math:`\\log p(x_n \\mid \\theta)` with the cluster label summed out (not the
           complete-data likelihood), which is what LOO/WAIC need.
         - ``observed_data``: ``x`` ``(obs, feature)``.
+        - ``standard_errors`` (an EM fit whose ``result.info`` holds them, see
+          :func:`ppl_models.infer.standard_errors.compute_standard_errors`): one variable per
+          reported parameter (the fitted sites and ``covariances``), with the posterior's
+          dims and components in the posterior's order, plus a ``statistic`` dim
+          (``estimate``, ``se``, ``lower``, ``upper``); ``attrs`` say the method, the level,
+          whether the intervals are asymptotic (Wald) or bootstrap percentiles, and why they
+          may not be trusted (``warnings``, a JSON list). A group of its own, outside
+          ArviZ's schema, so ``az.summary`` and the posterior are untouched.
         - ``sample_stats`` (NUTS only): ``diverging``, ``energy``, ``tree_depth``,
           ``step_size``, ``acceptance_rate``, each ``(chain, draw)``, from
           ``result.info["sample_stats"]`` (:func:`ppl_models.infer.fit_mcmc`); enough for
@@ -381,4 +459,7 @@ def to_inference_data(
         idata.posterior_predictive.attrs["method"] = result.method
     if log_likelihood:
         idata.log_likelihood.attrs["labels"] = "summed out: log p(x_n | theta)"
+    errors = _standard_errors(result, relabelled, dims, coords)
+    if errors is not None:
+        idata.add_groups({SE_GROUP: errors})
     return idata

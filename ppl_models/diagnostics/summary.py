@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 
 from ppl_models._arviz import az
-from ppl_models.diagnostics.inference_data import to_inference_data
+from ppl_models.diagnostics.inference_data import SE_GROUP, SE_STATISTICS, to_inference_data
 from ppl_models.infer.result import FitResult
 
-__all__ = ["is_point_estimate", "loo", "summarize"]
+__all__ = ["is_point_estimate", "loo", "se_columns", "summarize"]
 
 
 def is_point_estimate(idata: az.InferenceData) -> bool:
@@ -60,21 +60,47 @@ def _entries(
     return labels, np.stack(columns, axis=-1), constant
 
 
+def se_columns(level: float) -> tuple[str, str]:
+    """Names of the interval columns at ``level``: ``("lower_95", "upper_95")`` for 0.95."""
+    percent = f"{100 * level:.10g}".replace(".", "_")
+    return f"lower_{percent}", f"upper_{percent}"
+
+
 def _point_table(idata: az.InferenceData, var_names: Sequence[str] | None) -> pd.DataFrame:
     method = str(idata.posterior.attrs.get("method", "point"))
     labels: list[str] = []
     values: list[float] = []
+    errors: list[np.ndarray] = []
     posterior = idata.posterior
+    group = idata[SE_GROUP] if SE_GROUP in idata.groups() else None
+    missing = np.full(len(SE_STATISTICS), np.nan)
     names = list(posterior.data_vars) if var_names is None else list(var_names)
     for name in names:
         da = posterior[name].isel(chain=0, draw=0)
+        se = None
+        if group is not None and name in group.data_vars:
+            se = group[name].transpose(*da.dims, "statistic").sel(statistic=list(SE_STATISTICS))
         grids = [np.asarray(da.coords[dim].values) for dim in da.dims]
         for index in np.ndindex(*da.shape):
             labels.append(_label(name, [g[i] for g, i in zip(grids, index, strict=True)]))
             values.append(float(da.values[index]))
-    return pd.DataFrame(
+            errors.append(missing if se is None else np.asarray(se.values[index], dtype=float))
+    table = pd.DataFrame(
         {"value": values, "method": f"{method} point estimate"}, index=pd.Index(labels)
     )
+    if group is None:
+        return table
+    stats = dict(zip(SE_STATISTICS, np.stack(errors, axis=1), strict=True))
+    lower, upper = se_columns(float(group.attrs["level"]))
+    asymptotic = bool(int(group.attrs.get("asymptotic", 0)))
+    table["se"] = stats["se"]
+    table[lower] = stats["lower"]
+    table[upper] = stats["upper"]
+    if asymptotic:
+        table["interval"] = "asymptotic Wald (observed information)"
+    else:
+        table["interval"] = f"parametric bootstrap percentile (B={group.attrs.get('n_boot')})"
+    return table
 
 
 def summarize(
@@ -109,7 +135,11 @@ def summarize(
           draws (the upper triangle and first diagonal entry of ``corr_chol``) are left out:
           their R-hat is undefined.
         - Point estimate (EM): columns ``value`` and ``method`` (``"em point estimate"``), no
-          R-hat or ESS.
+          R-hat or ESS. When the ArviZ data hold standard errors (the ``standard_errors``
+          group of :func:`~ppl_models.diagnostics.to_inference_data`), also ``se``, the
+          interval ``lower_95`` / ``upper_95`` (named by the level) and ``interval``, which
+          says whether it is an asymptotic Wald interval (observed information) or a
+          parametric bootstrap percentile interval; a parameter without one gets NaN.
     """
     if isinstance(result_or_idata, FitResult):
         idata = to_inference_data(result_or_idata, num_predictive=0, num_prior=0,
