@@ -62,6 +62,9 @@ def test_fit_with_other_methods(tmp_path, method, extra):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == method and math.isfinite(metrics["mean_log_likelihood"])
     assert (out / "inference_data.nc").stat().st_size > 0
+    if method == "svi":  # the numbers behind the converged flag go with it
+        assert metrics["convergence"]["converged"] == metrics["converged"]
+        assert metrics["convergence"]["window"] >= 1
 
 
 def _write(tmp_path, name, text):

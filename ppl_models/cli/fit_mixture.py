@@ -299,7 +299,8 @@ def metrics(result) -> dict[str, Any]:
         "fit_seconds": result.fit_seconds,
         "seed": result.seed,
     }
-    keep = ("objective", "guide", "elbo", "max_r_hat", "divergences", "num_chains", "warnings")
+    keep = ("objective", "guide", "elbo", "convergence", "max_r_hat", "divergences", "num_chains",
+            "warnings")
     out.update({k: result.info[k] for k in keep if k in result.info})
     out.update(_student_t(model, params))
     return out
