@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ppl_models._shared.jsonsafe import to_json
 from ppl_models.infer.prior_codec import decode_priors, encode_priors
 from ppl_models.infer.result_checks import check_fields, check_tensors
 from ppl_models.models import AmortizedModel, build_model
@@ -120,7 +121,8 @@ class FitResult:
             "priors": prior_tensors,
             "state": state,
         }
-        (path / "result.json").write_text(json.dumps(meta, indent=2))
+        # strict JSON: a non-finite float (e.g. an energy of a failed step) is written as null
+        (path / "result.json").write_text(to_json(meta))
         torch.save(tensors, path / "tensors.pt")
         return path
 
