@@ -21,6 +21,7 @@ Talts et al. 2018): with relabelling the ranks are uniform; without it they are 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from functools import partial
@@ -37,30 +38,37 @@ from ppl_models.workflows.calibration import simulation_based_calibration
 
 K, N = 3, 9
 SIGMA, TAU = 0.5, 2.0
-LABELLINGS = np.array(list(itertools.product(range(K), repeat=N)))  # (3^N, N)
-ONE_HOT = np.eye(K)[LABELLINGS]  # (3^N, N, K)
 
 
-def mixture_model() -> GaussianMixture:
+@functools.cache
+def one_hot_labellings(k: int, n: int) -> np.ndarray:
+    """Every labelling of n points with k labels, one-hot: ``(k^n, n, k)``."""
+    return np.eye(k)[np.array(list(itertools.product(range(k), repeat=n)))]
+
+
+def mixture_model(k: int = K, sigma: float = SIGMA, tau: float = TAU) -> GaussianMixture:
     return GaussianMixture(
-        K,
+        k,
         "diag",
         priors={
-            "weights": dist.Dirichlet(torch.ones(K)),
-            "locs": dist.Normal(0.0, TAU),
-            "scale": torch.full((K, 1), SIGMA),
+            "weights": dist.Dirichlet(torch.ones(k)),
+            "locs": dist.Normal(0.0, tau),
+            "scale": torch.full((k, 1), sigma),
         },
     )
 
 
-def log_labelling_posterior(x: np.ndarray) -> np.ndarray:
-    """Unnormalised log p(z | x) of every labelling, ``(3^N,)``."""
-    counts = ONE_HOT.sum(1)  # (Z, K)
-    sums = ONE_HOT.transpose(0, 2, 1) @ x  # (Z, K)
-    squares = ONE_HOT.transpose(0, 2, 1) @ x**2
-    log_prior = gammaln(K) - gammaln(N + K) + gammaln(1 + counts).sum(1)
+def log_labelling_posterior(x: np.ndarray, k: int = K, sigma: float = SIGMA,
+                            tau: float = TAU) -> np.ndarray:
+    """Unnormalised log p(z | x) of every labelling, ``(k^N,)``."""
+    n = len(x)
+    one_hot = one_hot_labellings(k, n)
+    counts = one_hot.sum(1)  # (Z, K)
+    sums = one_hot.transpose(0, 2, 1) @ x  # (Z, K)
+    squares = one_hot.transpose(0, 2, 1) @ x**2
+    log_prior = gammaln(k) - gammaln(n + k) + gammaln(1 + counts).sum(1)
     # log N(x_k; 0, s^2 I + t^2 11^T) by the matrix determinant lemma and Sherman-Morrison
-    s2, t2 = SIGMA**2, TAU**2
+    s2, t2 = sigma**2, tau**2
     log_lik = (
         -0.5 * counts * math.log(2 * math.pi * s2)
         - 0.5 * np.log1p(counts * t2 / s2)
@@ -69,31 +77,35 @@ def log_labelling_posterior(x: np.ndarray) -> np.ndarray:
     return log_prior + log_lik.sum(1)
 
 
-def exact_draws(x: np.ndarray, num_draws: int, rng: np.random.Generator):
-    """Exact posterior draws of (weights, locs): ``(S, K)`` and ``(S, K)``."""
-    log_post = log_labelling_posterior(x)
+def exact_draws(x: np.ndarray, num_draws: int, rng: np.random.Generator, k: int = K,
+                sigma: float = SIGMA, tau: float = TAU):
+    """Exact posterior draws of (weights, locs): ``(S, k)`` and ``(S, k)``."""
+    log_post = log_labelling_posterior(x, k, sigma, tau)
     prob = np.exp(log_post - logsumexp(log_post))
     picked = rng.choice(len(prob), size=num_draws, p=prob)
-    counts = ONE_HOT[picked].sum(1)
-    sums = ONE_HOT[picked].transpose(0, 2, 1) @ x
+    one_hot = one_hot_labellings(k, len(x))[picked]
+    counts = one_hot.sum(1)
+    sums = one_hot.transpose(0, 2, 1) @ x
     weights = np.stack([rng.dirichlet(1.0 + c) for c in counts])
-    precision = 1.0 / TAU**2 + counts / SIGMA**2
-    locs = sums / SIGMA**2 / precision + rng.normal(size=counts.shape) / np.sqrt(precision)
+    precision = 1.0 / tau**2 + counts / sigma**2
+    locs = sums / sigma**2 / precision + rng.normal(size=counts.shape) / np.sqrt(precision)
     return weights, locs
 
 
-def stuck_sampler(model, data, *, seed, num_draws=50, stuck=True) -> FitResult:
+def stuck_sampler(model, data, *, seed, num_draws=50, stuck=True, sigma=SIGMA,
+                  tau=TAU) -> FitResult:
     """Exact draws; with ``stuck``, all in one labelling drawn at random for this fit."""
     rng = np.random.default_rng(seed)
-    weights, locs = exact_draws(data.double().numpy()[:, 0], num_draws, rng)
+    k = model.n_components
+    weights, locs = exact_draws(data.double().numpy()[:, 0], num_draws, rng, k, sigma, tau)
     if stuck:
-        mode = rng.permutation(K)
+        mode = rng.permutation(k)
         order = np.argsort(locs, axis=1)[:, mode]  # sorted, then the fit's own labelling
         weights = np.take_along_axis(weights, order, 1)
         locs = np.take_along_axis(locs, order, 1)
     draws = {
-        "weights": torch.as_tensor(weights, dtype=torch.float32).reshape(1, num_draws, K),
-        "locs": torch.as_tensor(locs, dtype=torch.float32).reshape(1, num_draws, K, 1),
+        "weights": torch.as_tensor(weights, dtype=torch.float32).reshape(1, num_draws, k),
+        "locs": torch.as_tensor(locs, dtype=torch.float32).reshape(1, num_draws, k, 1),
     }
     return FitResult(
         model=model, method="exact", data=data,
@@ -108,7 +120,7 @@ def test_labelling_posterior_matches_a_direct_sum():
     # the locations by quadrature and the Dirichlet-multinomial written out.
     x = np.array([-1.2, 0.1, 0.3, 2.2, 2.5, -0.9, 0.2, 2.0, 0.4])
     z = np.array([0, 1, 1, 2, 2, 0, 1, 2, 0])
-    index = int(np.flatnonzero((LABELLINGS == z).all(1))[0])
+    index = int(np.flatnonzero((one_hot_labellings(K, N).argmax(2) == z).all(1))[0])
     grid = np.linspace(-12, 12, 40001)
     log_lik = 0.0
     for k in range(K):
@@ -155,3 +167,18 @@ def test_sbc_without_relabelling_fails_the_stuck_sampler_but_not_an_exact_one():
     # An exact sampler that switches labels as the posterior does is calibrated with or
     # without relabelling (Talts et al.: any function of exact draws has uniform ranks).
     assert _sbc(relabel=False, stuck=False).calibrated(0.01)
+
+
+def test_sbc_relabels_the_weights_with_their_locations():
+    # Two well-separated components and 14 points (2^14 labellings): the weights' posterior
+    # (Beta(1 + n_1, 1 + n_2), sd ~0.11) is much narrower than their prior (sd 0.29), so a
+    # weight ranked against the other component's truth lands in the tails. Relabelling must
+    # carry each component's weight with its location.
+    sigma, tau, n = 0.3, 3.0, 14
+    result = simulation_based_calibration(
+        mixture_model(2, sigma, tau), partial(stuck_sampler, sigma=sigma, tau=tau),
+        num_replicates=150, n_obs=n, n_features=1, seed=5, progress=False,
+    )
+    print(f"\ntwo components: {result.table.round(3)}")
+    assert result.calibrated(0.01)
+    assert np.all(np.abs(result.table["dispersion"] - 1.0) < 0.2)
