@@ -39,6 +39,71 @@ def _restore(metrics: dict, out) -> torch.nn.Module:
     return model.eval()
 
 
+def _independent_log_weights(model: torch.nn.Module, x: torch.Tensor, particles: int,
+                             seed: int) -> torch.Tensor:
+    """``(S, N)`` importance log weights log p(x, z) - log q(z | x), written here from the
+    model's networks and torch.distributions (labels of a GMVAE summed out of p and q)."""
+    from torch.distributions import Bernoulli, Categorical, Normal
+
+    from ppl_models.models import GMVAE
+
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if not isinstance(model, GMVAE):
+            q = Normal(*model.encoder(x))
+            z = q.sample((particles,))
+            log_q = q.log_prob(z).sum(-1)
+            log_prior = model.prior_distribution().log_prob(z)
+        else:
+            k = model.n_clusters
+            log_qy = torch.log_softmax(model.classifier(x), -1)  # (N, K)
+            y = Categorical(logits=log_qy).sample((particles,))  # (S, N)
+            z = Normal(*model.encoder(x, torch.nn.functional.one_hot(y, k))).sample()
+            onehots = torch.eye(k).reshape(k, 1, 1, k)
+            loc, scale = model.encoder(x, onehots)  # (K, 1, N, L): every label's q(z | x, y)
+            log_qzy = Normal(loc, scale).log_prob(z).sum(-1)  # (K, S, N)
+            log_q = torch.logsumexp(log_qzy + log_qy.T.unsqueeze(1), 0)
+            locs, scales = model.prior.locs, model.prior.log_scales.exp()
+            log_pzy = Normal(locs[:, None, None], scales[:, None, None]).log_prob(z).sum(-1)
+            log_prior = torch.logsumexp(log_pzy, 0) - math.log(k)
+        log_lik = Bernoulli(logits=model.decoder(z)).log_prob(x).sum(-1)
+        return (log_lik + log_prior - log_q).double()
+
+
+def _assert_bounds_ordered(model: torch.nn.Module, x: torch.Tensor, metrics: dict) -> None:
+    """The reported ELBO and K-sample bound against each other and an independent L_256.
+
+    Reproduced per test image with the run's seed (their means must be the reported
+    figures), then, per image n with independent draws, d_n = L_K(x_n) - ELBO(x_n) has a
+    non-negative mean (Burda et al. 2016, Theorem 1: L_1 <= L_K; for the GMVAE the
+    enumerated ELBO is at most the label-marginal L_1) and e_n = L_256(x_n) - L_K(x_n) too
+    (L_K <= L_K' for K <= K'). Each is checked to three standard errors of the mean of its
+    paired differences (297 images). The tempting ``L_K <= ELBO + log K`` is not a theorem:
+    for p(z | x) = N(0, 1), q = N(0, 10^2) the ELBO is log p(x) - 47 nats while L_2 is
+    about log p(x) - 16, and a one-epoch GMVAE has L_4 - ELBO = 1.49 > log 4 here.
+    Bernoulli pixels also bound every one of them by log p(x) <= 0.
+    """
+    from ppl_models.infer import log_marginal_likelihood
+
+    k, seed = metrics["test_log_likelihood_particles"], metrics["seed"]
+    bound = log_marginal_likelihood(model, x, k, seed=seed, pointwise=True).double()
+    assert float(bound.mean()) == pytest.approx(metrics["test_log_likelihood"], abs=1e-9)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        terms = model.elbo_terms(x)
+    names = list(model.term_names)
+    elbo = (terms[names[0]] - sum(terms[name] for name in names[1:])).double()
+    assert float(elbo.mean()) == pytest.approx(metrics["test_elbo"], abs=1e-4)  # float32 sums
+    reference = torch.logsumexp(_independent_log_weights(model, x, 256, seed + 1), 0)
+    reference = reference - math.log(256)
+    for low, high in ((elbo, bound), (bound, reference)):
+        diff = high - low
+        assert float(diff.mean()) >= -3 * float(diff.std()) / math.sqrt(len(diff)), (
+            f"mean {float(diff.mean()):.3f}, s.e. {float(diff.std()) / math.sqrt(len(diff)):.3f}")
+    for values in (elbo, bound):  # expected values <= log p(x) <= 0, to three s.e.
+        assert float(values.mean()) <= 3 * float(values.std()) / math.sqrt(len(values))
+
+
 @pytest.mark.parametrize("prior", PRIORS)
 def test_fit_vae_on_digits_writes_metrics_checkpoint_and_plots(tmp_path, capsys, prior):
     out = tmp_path / prior
@@ -57,6 +122,7 @@ def test_fit_vae_on_digits_writes_metrics_checkpoint_and_plots(tmp_path, capsys,
     # Independent reference for the test ELBO: Pyro's own estimator on the restored model.
     model = _restore(metrics, out)
     x_test, y_test = load_images("digits", split="test", binarize="threshold")
+    _assert_bounds_ordered(model, x_test, metrics)
     loss = TraceEnum_ELBO(max_plate_nesting=1) if prior == "gmvae" else Trace_ELBO()
     pyro.clear_param_store()
     with torch.no_grad():

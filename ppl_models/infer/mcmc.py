@@ -120,7 +120,8 @@ def fit_mcmc(
     FitResult
         ``draws``: ``(num_chains, num_samples, ...)`` per global site; ``params``: the
         posterior mean (in the unconstrained space for sites whose support is not convex,
-        such as correlation Cholesky factors); ``info``: ``max_r_hat``, ``divergences``,
+        such as correlation Cholesky factors); ``info``: ``max_r_hat`` (``None`` with one
+        chain: split R-hat across chains needs two), ``divergences``,
         ``step_size`` per chain and ``sample_stats``: name of :data:`SAMPLE_STATS` ->
         ``num_chains`` lists of ``num_samples`` numbers (what
         :func:`~ppl_models.diagnostics.to_inference_data` writes as ``sample_stats``).
@@ -176,7 +177,7 @@ def fit_mcmc(
     fit_seconds = time.perf_counter() - start
 
     draws = {k: torch.stack([c[k] for c in chains]) for k in chains[0]}
-    r_hat = _max_r_hat(draws) if num_chains > 1 else math.nan
+    r_hat = _max_r_hat(draws) if num_chains > 1 else None
     supports = guides.global_latent_supports(model, data)
     params = {k: _posterior_centre(v, supports.get(k)) for k, v in draws.items()}
     info = {
