@@ -955,9 +955,8 @@ def test_one_chain_nuts_result_json_is_strict(tmp_path: Path) -> None:
     folder = result.save(tmp_path / "fit")
     text = (folder / "result.json").read_text()
     meta = _strict(text)  # raises on a bare NaN / Infinity
-    # the single chain's R-hat is undefined: the writer must have had a non-finite to replace
-    assert not all(math.isfinite(v) for v in _floats(result.info)), result.info
-    assert None in _leaves(meta["info"])
+    # the single chain's R-hat is undefined: None in the result and null in the file
+    assert result.info["max_r_hat"] is None and meta["info"]["max_r_hat"] is None
     loaded = FitResult.load(folder)
     assert loaded.n_iter == result.n_iter == 20
     torch.testing.assert_close(loaded.draws["locs"], result.draws["locs"], rtol=0, atol=0)
@@ -974,23 +973,6 @@ def test_non_finite_history_round_trips_as_nan(tmp_path: Path, sources: Sources)
     back = FitResult.load(folder).history["log_likelihood"]
     assert back[0] == -3.0 and math.isnan(back[1]) and math.isnan(back[2])
 
-
-def _leaves(value: Any) -> list[Any]:
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in _leaves(v)]
-    if isinstance(value, list | tuple):
-        return [x for v in value for x in _leaves(v)]
-    return [value]
-
-
-def _floats(value: Any) -> list[float]:
-    out = []
-    for leaf in _leaves(value):
-        if isinstance(leaf, torch.Tensor | np.ndarray):
-            out.extend(float(v) for v in np.asarray(leaf, dtype=float).ravel())
-        elif isinstance(leaf, float | np.floating):
-            out.append(float(leaf))
-    return out
 
 
 def test_a_failed_save_raises_os_error_naming_the_file(tmp_path: Path, sources: Sources) -> None:
