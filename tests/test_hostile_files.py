@@ -974,7 +974,6 @@ def test_non_finite_history_round_trips_as_nan(tmp_path: Path, sources: Sources)
     assert back[0] == -3.0 and math.isnan(back[1]) and math.isnan(back[2])
 
 
-
 def test_a_failed_save_raises_os_error_naming_the_file(tmp_path: Path, sources: Sources) -> None:
     # PyTorch's own writer would raise RuntimeError here; the CLI turns OSError into exit 2
     result = FitResult.load(sources.gmm)
