@@ -32,7 +32,15 @@ import torch
 
 from ppl_models._shared.files import regular_file
 
-__all__ = ["BUNDLED", "DATA_DIR_ENV", "check_data", "data_dir", "load"]
+__all__ = [
+    "BUNDLED",
+    "DATA_DIR_ENV",
+    "check_data",
+    "check_features",
+    "check_unit_interval",
+    "data_dir",
+    "load",
+]
 
 #: Bundled data set names mapped to file names under the data folder (see :func:`data_dir`).
 BUNDLED: dict[str, str] = {
@@ -156,6 +164,26 @@ def load(
     _check_range(arr, names, str(path), dtype)
     # Copy: pandas may hand back a read-only view, which torch cannot wrap safely.
     return torch.from_numpy(np.array(arr, dtype=np.float64, copy=True)).to(dtype), names
+
+
+def check_features(data: torch.Tensor, expected: int, *, what: str, hint: str = "") -> None:
+    """Refuse ``(N, D)`` data whose ``D`` is not the ``expected`` width: ``what`` names the
+    model's side (e.g. ``"the model takes"``), ``hint`` is added in parentheses."""
+    if data.shape[1] != expected:
+        tail = f" ({hint})" if hint else ""
+        raise ValueError(
+            f"{what} {expected} features per observation; the data have {data.shape[1]}{tail}"
+        )
+
+
+def check_unit_interval(data: torch.Tensor, *, needed_by: str, alternative: str) -> None:
+    """Refuse data outside [0, 1] for the setting ``needed_by`` (e.g.
+    ``"output='unit'"``), naming the range found and the ``alternative`` setting."""
+    if bool(((data < 0) | (data > 1)).any()):
+        raise ValueError(
+            f"{needed_by} needs data in [0, 1]; got values in [{float(data.min()):.4g}, "
+            f"{float(data.max()):.4g}] (rescale them or use {alternative})"
+        )
 
 
 def check_data(x: object, *, name: str = "data") -> torch.Tensor:

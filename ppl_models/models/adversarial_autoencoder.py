@@ -48,7 +48,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ppl_models._shared.checks import check_choice, check_float, check_int
-from ppl_models.data import check_data
+from ppl_models.data import check_data, check_features, check_unit_interval
 from ppl_models.models.adversarial import (
     KERNELS,
     Discriminator,
@@ -203,17 +203,11 @@ class AdversarialAutoencoder(nn.Module, LatentModel, AdversarialModel):
     def validate(self, data: Any) -> torch.Tensor:
         """``(N, D)`` data (in [0, 1] for ``reconstruction="cross_entropy"``)."""
         data = check_data(data)
-        if data.shape[1] != self.input_dim:
-            raise ValueError(
-                f"the model takes {self.input_dim} features per observation; the data have "
-                f"{data.shape[1]} (images must be flattened)"
-            )
-        if self.reconstruction == "cross_entropy" and bool(((data < 0) | (data > 1)).any()):
-            raise ValueError(
-                "reconstruction='cross_entropy' needs data in [0, 1]; got values in "
-                f"[{float(data.min()):.4g}, {float(data.max()):.4g}] (rescale them or use "
-                "reconstruction='squared')"
-            )
+        check_features(data, self.input_dim, what="the model takes",
+                       hint="images must be flattened")
+        if self.reconstruction == "cross_entropy":
+            check_unit_interval(data, needed_by="reconstruction='cross_entropy'",
+                                alternative="reconstruction='squared'")
         return data.to(self.dtype)
 
     # ------------------------------------------------------------------ networks

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ppl_models._shared.checks import check_choice, check_int
-from ppl_models.data import check_data
+from ppl_models.data import check_data, check_features, check_unit_interval
 from ppl_models.models.adversarial import (
     ConvDiscriminator,
     ConvGenerator,
@@ -153,17 +153,9 @@ class GAN(nn.Module, LatentModel, AdversarialModel):
     def validate(self, data: Any) -> torch.Tensor:
         """``(N, D)`` data with ``D = data_dim`` (in [0, 1] for ``output="unit"``)."""
         data = check_data(data)
-        if data.shape[1] != self.data_dim:
-            raise ValueError(
-                f"the {type(self).__name__} generates {self.data_dim} features per "
-                f"observation; the data have {data.shape[1]}"
-            )
-        if self.output == "unit" and bool(((data < 0) | (data > 1)).any()):
-            raise ValueError(
-                "output='unit' needs data in [0, 1]; got values in "
-                f"[{float(data.min()):.4g}, {float(data.max()):.4g}] (rescale them or use "
-                "output='real')"
-            )
+        check_features(data, self.data_dim, what=f"the {type(self).__name__} generates")
+        if self.output == "unit":
+            check_unit_interval(data, needed_by="output='unit'", alternative="output='real'")
         return data.to(self.dtype)
 
     # ------------------------------------------------------------------ generative model

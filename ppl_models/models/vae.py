@@ -46,7 +46,7 @@ from torch import nn
 from torch.distributions import constraints, kl_divergence
 
 from ppl_models._shared.checks import check_float, check_int
-from ppl_models.data import check_data
+from ppl_models.data import check_data, check_features
 from ppl_models.models.protocols import AmortizedModel, LatentModel
 from ppl_models.nn import make_decoder, make_encoder
 
@@ -436,12 +436,8 @@ class VAE(nn.Module, LatentModel, AmortizedModel):
     def validate(self, data: Any) -> torch.Tensor:
         """Check ``(N, D)`` data against the model and its likelihood; cast to its dtype."""
         data = check_data(data)
-        if data.shape[1] != self.input_dim:
-            raise ValueError(
-                f"the model takes {self.input_dim} features per observation; the data have "
-                f"{data.shape[1]} (images must be flattened, e.g. load_images(..., "
-                "flatten=True))"
-            )
+        check_features(data, self.input_dim, what="the model takes",
+                       hint="images must be flattened, e.g. load_images(..., flatten=True)")
         self.likelihood.validate(data)
         return data.to(self.dtype)
 
