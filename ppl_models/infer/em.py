@@ -524,8 +524,9 @@ def fit_em(
     reg_covar = check_float(reg_covar, "reg_covar", minimum=0)
     data = model.validate(data) if isinstance(model, LatentModel) else check_data(data)
     check_resolution(data, columns)  # as given: float32 data near 1e8 are already rounded
-    data = data.to(dtype)
-    check_resolution(data, columns)  # and in the precision of the fit
+    if data.dtype != dtype:
+        data = data.to(dtype)
+        check_resolution(data, columns)  # and in the precision of the fit
     reg = reg_covar_per_feature(data, reg_covar, reg_covar_mode)
     objective = _resolve_objective(model, objective)
     reason = (
