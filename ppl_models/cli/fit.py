@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from ppl_models.cli import fit_mixture, fit_vae
+from ppl_models.cli import fit_adversarial, fit_mixture, fit_vae
 
 __all__ = ["DEFAULT_MODEL", "add_subcommand", "fit_commands", "with_default_model"]
 
@@ -26,6 +26,7 @@ def fit_commands() -> dict[str, Callable[[Any, str], argparse.ArgumentParser]]:
         name: fit_mixture.add_parser for name in fit_mixture.mixture_names()
     }
     commands["vae"] = fit_vae.add_parser
+    commands.update(dict.fromkeys(fit_adversarial.MODELS, fit_adversarial.add_parser))
     return commands
 
 
