@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ppl_models._shared.figures import agg_figure, save_png
+from ppl_models.diagnostics.vae_plots import code_scatter
 
 __all__ = ["plot_code_map", "plot_player_losses", "plot_samples", "plot_traversals"]
 
@@ -73,19 +74,9 @@ def plot_code_map(model: Any, x: torch.Tensor, labels: Any, path: Path) -> Path:
         codes = model.encode(x).cpu().numpy().astype(np.float64)
     dim = codes.shape[1]
     points = codes[:, :2] if dim >= 2 else np.column_stack([codes[:, 0], np.zeros(len(codes))])
-    fig = agg_figure(5, 4.5)
-    ax = fig.add_subplot()
-    if labels is None:
-        ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
-    else:
-        colours = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
-        scatter = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=4,
-                             alpha=0.7)
-        fig.colorbar(scatter, ax=ax, label="label")
-    ax.set_xlabel("z 1")
-    ax.set_ylabel("z 2" if dim >= 2 else "(none)")
     shown = f"dims 1 and 2 of {dim}" if dim > 2 else f"{dim}-D"
-    ax.set_title(f"codes of held-out images ({shown})")
+    fig = code_scatter(points, labels, ("z 1", "z 2" if dim >= 2 else "(none)"),
+                       f"codes of held-out images ({shown})")
     return save_png(fig, path)
 
 

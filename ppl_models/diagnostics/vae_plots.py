@@ -36,6 +36,7 @@ from ppl_models.models import AmortizedModel, LabelledAmortized
 
 __all__ = [
     "VAE_PLOTS",
+    "code_scatter",
     "plot_cluster_samples",
     "plot_interpolations",
     "plot_latent_map",
@@ -114,6 +115,25 @@ def plot_reconstructions(model: Any, x: torch.Tensor, path: str | Path | None = 
     return fig
 
 
+def code_scatter(points: np.ndarray, labels: Any, axis_names: tuple[str, str],
+                 title: str) -> Figure:
+    """A figure of 2-D codes ``(N, 2)``, coloured by ``labels`` (``tab10``, with a colour bar)
+    when they are given."""
+    fig = agg_figure(5, 4.5)
+    ax = fig.add_subplot()
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
+    else:
+        colours = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+        scatter = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=4,
+                             alpha=0.7)
+        fig.colorbar(scatter, ax=ax, label="label")
+    ax.set_xlabel(axis_names[0])
+    ax.set_ylabel(axis_names[1])
+    ax.set_title(title)
+    return fig
+
+
 def plot_latent_map(model: Any, x: torch.Tensor, labels: Any = None,
                     path: str | Path | None = None) -> Figure:
     """Posterior means in 2-D (PCA when the code has more than two dimensions), by label."""
@@ -127,18 +147,7 @@ def plot_latent_map(model: Any, x: torch.Tensor, labels: Any = None,
         points = codes if codes.shape[1] == 2 else np.column_stack([codes[:, 0],
                                                                     np.zeros(len(codes))])
         axis = "z"
-    fig = agg_figure(5, 4.5)
-    ax = fig.add_subplot()
-    if labels is None:
-        ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6)
-    else:
-        colours = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
-        scatter = ax.scatter(points[:, 0], points[:, 1], c=colours, cmap="tab10", s=4,
-                             alpha=0.7)
-        fig.colorbar(scatter, ax=ax, label="label")
-    ax.set_xlabel(f"{axis} 1")
-    ax.set_ylabel(f"{axis} 2")
-    ax.set_title("posterior means of the code")
+    fig = code_scatter(points, labels, (f"{axis} 1", f"{axis} 2"), "posterior means of the code")
     write_png(fig, path)
     return fig
 
