@@ -11,32 +11,15 @@ import numpy as np
 import torch
 
 from ppl_models._shared.figures import agg_figure, save_png
-from ppl_models.diagnostics.vae_plots import code_scatter
+from ppl_models.diagnostics.vae_plots import code_scatter, image_grid, square_side
 
 __all__ = ["plot_code_map", "plot_player_losses", "plot_samples", "plot_traversals"]
 
 
-def _side(n_pixels: int) -> int:
-    side = math.isqrt(n_pixels)
-    if side * side != n_pixels:
-        raise ValueError(f"cannot show images of {n_pixels} pixels as squares")
-    return side
-
-
 def _grid(images: np.ndarray, rows: int, cols: int, title: str, path: Path,
           row_titles: list[str] | None = None) -> Path:
-    side = _side(images.shape[1])
     fig = agg_figure(cols * 0.6 + (0.6 if row_titles else 0), rows * 0.6 + 0.4)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for index, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if index < len(images):
-            ax.imshow(images[index].reshape(side, side), cmap="gray", vmin=0, vmax=1)
-        else:
-            ax.set_axis_off()
-    for r, text in enumerate(row_titles or []):
-        axes[r, 0].set_ylabel(text, rotation=0, ha="right", va="center")
+    image_grid(fig, images, rows, cols, square_side(images.shape[1]), row_titles)
     fig.suptitle(title)
     return save_png(fig, path)
 

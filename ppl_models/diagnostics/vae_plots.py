@@ -37,26 +37,31 @@ from ppl_models.models import AmortizedModel, LabelledAmortized
 __all__ = [
     "VAE_PLOTS",
     "code_scatter",
+    "image_grid",
     "plot_cluster_samples",
     "plot_interpolations",
     "plot_latent_map",
     "plot_prior_samples",
     "plot_reconstructions",
     "save_vae_plots",
+    "square_side",
 ]
 
 
 
 
 
+def square_side(n_pixels: int) -> int:
+    """Side of square images of ``n_pixels`` pixels (8 for digits, 28 for MNIST)."""
+    side = math.isqrt(int(n_pixels))
+    if side * side != n_pixels:
+        raise ValueError(f"cannot show inputs of {n_pixels} pixels as square images")
+    return side
+
+
 def image_side(model: Any) -> int:
     """Side of the square images the model takes (8 for digits, 28 for MNIST)."""
-    side = math.isqrt(int(model.input_dim))
-    if side * side != model.input_dim:
-        raise ValueError(
-            f"cannot show inputs of {model.input_dim} pixels as square images"
-        )
-    return side
+    return square_side(model.input_dim)
 
 
 def _mean(model: Any, z: torch.Tensor) -> np.ndarray:
@@ -69,8 +74,10 @@ def _posterior_means(model: AmortizedModel, x: torch.Tensor) -> torch.Tensor:
     return model.code_mean(x)
 
 
-def _grid(fig: Figure, images: np.ndarray, rows: int, cols: int, side: int,
-          row_titles: list[str] | None = None) -> None:
+def image_grid(fig: Figure, images: np.ndarray, rows: int, cols: int, side: int,
+               row_titles: list[str] | None = None) -> None:
+    """Draw ``(n, side * side)`` images in [0, 1] as a ``rows x cols`` grid on ``fig`` (cells
+    past ``n`` left blank), with an optional title to the left of each row."""
     axes = fig.subplots(rows, cols, squeeze=False)
     for index, ax in enumerate(axes.flat):
         ax.set_xticks([])
@@ -95,7 +102,7 @@ def plot_prior_samples(model: Any, path: str | Path | None = None, *, n: int = 6
         z = model.prior_distribution().sample((n,))
         images = _mean(model, z)
     fig = agg_figure(cols * 0.6, rows * 0.6)
-    _grid(fig, images, rows, cols, side)
+    image_grid(fig, images, rows, cols, side)
     fig.suptitle("samples from the prior")
     write_png(fig, path)
     return fig
@@ -110,7 +117,7 @@ def plot_reconstructions(model: Any, x: torch.Tensor, path: str | Path | None = 
         recon = _mean(model, _posterior_means(model, x))
     images = np.concatenate([x.detach().cpu().numpy(), recon])
     fig = agg_figure(len(x) * 0.7, 1.6)
-    _grid(fig, images, 2, len(x), side, ["input", "output"])
+    image_grid(fig, images, 2, len(x), side, ["input", "output"])
     write_png(fig, path)
     return fig
 
@@ -165,7 +172,7 @@ def plot_interpolations(model: Any, x: torch.Tensor, path: str | Path | None = N
             a, b = codes[2 * p], codes[2 * p + 1]
             rows.append(_mean(model, (1 - t) * a + t * b))
     fig = agg_figure(steps * 0.6, pairs * 0.65)
-    _grid(fig, np.concatenate(rows), pairs, steps, side)
+    image_grid(fig, np.concatenate(rows), pairs, steps, side)
     fig.suptitle("interpolations between posterior means")
     write_png(fig, path)
     return fig
@@ -183,7 +190,7 @@ def plot_cluster_samples(model: Any, path: str | Path | None = None, *, per_clus
         z = model.code_given_label().sample((per_cluster,))  # (S, K, L)
         images = _mean(model, z.transpose(0, 1).reshape(k * per_cluster, -1))
     fig = agg_figure(per_cluster * 0.6, k * 0.6)
-    _grid(fig, images, k, per_cluster, side, [f"y={j}" for j in range(k)])
+    image_grid(fig, images, k, per_cluster, side, [f"y={j}" for j in range(k)])
     write_png(fig, path)
     return fig
 
