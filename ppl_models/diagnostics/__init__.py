@@ -5,6 +5,13 @@ nothing calls back into a driver.
 """
 
 from ppl_models.diagnostics.active_units import active_units
+from ppl_models.diagnostics.amortized import (
+    amortization_summary,
+    amortized_diagnostics,
+    amortized_loo,
+    compare_amortized,
+)
+from ppl_models.diagnostics.amortized_plots import plot_khat
 from ppl_models.diagnostics.criteria import information_criteria
 from ppl_models.diagnostics.inference_data import to_inference_data
 from ppl_models.diagnostics.memberships import membership_table, memberships
@@ -20,10 +27,15 @@ from ppl_models.diagnostics.summary import loo, summarize
 
 __all__ = [
     "active_units",
+    "amortization_summary",
+    "amortized_diagnostics",
+    "amortized_loo",
+    "compare_amortized",
     "information_criteria",
     "loo",
     "membership_table",
     "memberships",
+    "plot_khat",
     "plot_mixture",
     "plot_objective",
     "plot_posterior",
