@@ -113,7 +113,7 @@ def test_a_wider_encoder_has_bounded_weights_and_negative_khat():
 def test_the_gap_of_a_shifted_encoder_is_its_kl_to_the_posterior():
     # q = N(m + d s, s^2) per coordinate: KL(q || p) = L d^2 / 2 in closed form; the
     # weights are log-normal with variance L d^2, so with K = 2000 the bound is within
-    # ~1e-4 of log p(x) and the gap estimates the KL.
+    # ~1e-4 of log p(x), the gap estimates the KL and the effective sample size is known.
     w, b = _linear_truth()
     shift = 0.3
     model, _ = _linear_vae(w, b, shift=shift)
@@ -126,6 +126,9 @@ def test_the_gap_of_a_shifted_encoder_is_its_kl_to_the_posterior():
     assert np.abs(group["gap"].values - kl).max() < 0.05
     assert np.abs(group["iwae"].values - _exact_log_evidence(w, b, x)).max() < 0.05
     assert group.attrs["gap_mean"] == pytest.approx(group["gap"].values.mean())
+    # log-normal weights of variance v: K / ESS -> E[w^2] / E[w]^2 = exp(v)
+    assert group["ess"].values.mean() / 2000 == pytest.approx(math.exp(-L * shift**2),
+                                                              abs=0.02)
 
 
 def test_compare_ranks_by_the_exact_evidence_with_the_paired_standard_error():
