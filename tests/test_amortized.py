@@ -253,17 +253,20 @@ def test_bad_input_is_refused_with_one_line():
     w, b = _linear_truth()
     model, _ = _linear_vae(w, b)
     x = _linear_data(w, b, 10)
-    with pytest.raises(ValueError, match="num_particles must be an integer of at least 2"):
-        amortized_diagnostics(model, x, num_particles=1)
+    for k in (1, 20):  # with 20 the tail would hold 4 weights: no Pareto fit
+        with pytest.raises(ValueError, match="num_particles must be an integer of at least 21"):
+            amortized_diagnostics(model, x, num_particles=k)
+    assert np.isfinite(amortized_diagnostics(_linear_vae(w, b, shrink=0.5)[0], x,
+                                             num_particles=21).amortized["khat"]).all()
     with pytest.raises(ValueError, match="num_particles"):
         amortized_diagnostics(model, x, num_particles=True)
     with pytest.raises(ValueError, match="6"):
-        amortized_diagnostics(model, x[:, :4], num_particles=10)
+        amortized_diagnostics(model, x[:, :4], num_particles=30)
     with pytest.raises(ValueError, match="has no encoder"):
-        amortized_diagnostics(GaussianMixture(2), x, num_particles=10)
+        amortized_diagnostics(GaussianMixture(2), x, num_particles=30)
     with pytest.raises(ValueError, match="data is required"):
-        amortized_diagnostics(model, num_particles=10)
+        amortized_diagnostics(model, num_particles=30)
     with pytest.raises(ValueError, match="amortized_diagnostics"):
         amortized_loo(az.from_dict(posterior={"a": np.zeros((1, 5))}))
     with pytest.raises(ValueError, match="at least two fits"):
-        compare_amortized({"one": amortized_diagnostics(model, x, num_particles=10)})
+        compare_amortized({"one": amortized_diagnostics(model, x, num_particles=30)})

@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ppl_models._shared.jsonsafe import to_json
     from ppl_models._shared.warning_capture import captured_warnings
+    from ppl_models.cli.vae_amortized import write_amortized
     from ppl_models.diagnostics import (
         active_units,
         assign_clusters,
@@ -220,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
             "checkpoint": None if checkpoint is None
             else os.path.relpath(checkpoint, staging.path),
         }
+        figures["amortized"] = write_amortized(
+            model, x_test, staging.path, particles=args.particles, seed=args.seed,
+            progress=progress, plots=not args.no_plots)
         (staging.path / "metrics.json").write_text(to_json(figures))
         written = [] if args.no_plots else save_vae_plots(model, x_test, y_test, staging.path)
         if not args.no_plots:

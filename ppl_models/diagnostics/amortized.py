@@ -98,6 +98,7 @@ __all__ = [
     "AMORTIZED_GROUP",
     "KHAT_BAD",
     "KHAT_GOOD",
+    "MIN_PARTICLES",
     "amortization_summary",
     "amortized_diagnostics",
     "amortized_loo",
@@ -112,6 +113,9 @@ AMORTIZED_GROUP = "amortized"
 KHAT_GOOD = 0.5
 #: k-hat above this: the weights are too heavy-tailed to trust (for K of a few hundred or more).
 KHAT_BAD = 0.7
+#: Fewest importance samples with a k-hat: PSIS fits a generalised Pareto to the largest
+#: ceil(0.2 K) weights and ArviZ reports k-hat = inf when they are fewer than 5.
+MIN_PARTICLES = 21
 #: Weights of one observation whose spread is below this many units of rounding (of the
 #: model's dtype, relative to their size) are taken as equal (the encoder is exact).
 _EQUAL_WEIGHTS_ULPS = 64
@@ -190,8 +194,10 @@ def amortized_diagnostics(
         Observations, in the form the likelihood takes; default the fit's own data. Score
         held-out data when comparing models (see :func:`amortized_loo`).
     num_particles : int
-        K, importance samples per observation (at least 2; a few hundred or more for a k-hat
-        to be worth reading, 1000 by default).
+        K, importance samples per observation: at least :data:`MIN_PARTICLES` (21, the
+        fewest for which PSIS has a tail of 5 weights to fit); a few hundred or more for a
+        k-hat worth reading (Vehtari et al. 2024 need :math:`K > 10^{1/(1 - k)}` for a
+        reliable estimate at shape k); 1000 by default.
     batch_size, particle_batch : int
         Observations and particles per model call: memory is proportional to their product
         (decoder outputs), plus ``batch_size * num_particles`` log weights.
@@ -221,15 +227,17 @@ def amortized_diagnostics(
     Raises
     ------
     ValueError
-        ``num_particles`` below 2, a model without an encoder, data of the wrong shape or
-        outside the likelihood's support, or importance weights that are NaN.
+        ``num_particles`` below :data:`MIN_PARTICLES`, a model without an encoder, data of
+        the wrong shape or outside the likelihood's support, or importance weights that are
+        NaN.
     """
     if isinstance(num_particles, bool) or not isinstance(num_particles, int | np.integer) or (
-        num_particles < 2
+        num_particles < MIN_PARTICLES
     ):
         raise ValueError(
-            f"num_particles must be an integer of at least 2 (k-hat needs several importance "
-            f"samples per observation; a few hundred or more); got {num_particles!r}"
+            f"num_particles must be an integer of at least {MIN_PARTICLES} (PSIS fits the "
+            f"largest 20% of the weights and needs 5 of them; a few hundred or more for a "
+            f"k-hat worth reading); got {num_particles!r}"
         )
     k = int(num_particles)
     batch_size = check_int(batch_size, "batch_size")

@@ -90,7 +90,9 @@ def plot_khat(
         except ValueError:
             side = None
     with_grid = side is not None
-    fig = agg_figure(11.0 if with_grid else 6.5, 4.0)
+    shown = min(n_worst, len(khat))
+    grid_rows = math.ceil(shown / math.ceil(math.sqrt(shown)))
+    fig = agg_figure(11.0 if with_grid else 6.5, max(4.0, 1.1 * grid_rows + 0.6))
     left, right = fig.subfigures(1, 2, width_ratios=[1.3, 1]) if with_grid else (fig, None)
     _scatter(left.subplots(), obs, khat, int(idata[AMORTIZED_GROUP].attrs["num_particles"]))
     if with_grid and right is not None and images is not None and side is not None:
@@ -99,7 +101,7 @@ def plot_khat(
         rows = math.ceil(len(order) / cols)
         image_grid(right, _unit_range(images[order]), rows, cols, side)
         for ax, index in zip(right.axes, order, strict=False):
-            ax.set_title(f"#{obs[index]}: {khat[index]:.2f}", fontsize=7)
+            ax.set_title(f"#{obs[index]}: {khat[index]:.2f}", fontsize=7, pad=2)
         right.suptitle(f"the {len(order)} observations with the largest k-hat")
     write_png(fig, path)
     return fig
