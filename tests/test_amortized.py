@@ -192,15 +192,16 @@ def digits_vae():
     torch.manual_seed(0)
     model = VAE(x_train.shape[1], 4, hidden=(64,))
     at_init = copy.deepcopy(model.encoder)
-    fit_svi(model, x_train, batch_size=100, num_epochs=30, lr=3e-3, progress=False, seed=0)
-    return model, at_init, x_test[:150]
+    result = fit_svi(model, x_train, batch_size=100, num_epochs=30, lr=3e-3, progress=False,
+                     seed=0)
+    return result, at_init, x_test[:150]
 
 
 def test_khat_passes_a_trained_encoder_and_flags_one_frozen_at_initialisation(digits_vae):
-    model, at_init, x = digits_vae
-    frozen = copy.deepcopy(model)
+    result, at_init, x = digits_vae
+    frozen = copy.deepcopy(result.model)
     frozen.encoder = at_init  # the trained decoder, with the encoder it started from
-    trained_k = amortized_diagnostics(model, x, num_particles=500).amortized["khat"].values
+    trained_k = amortized_diagnostics(result, x, num_particles=500).amortized["khat"].values
     frozen_k = amortized_diagnostics(frozen, x, num_particles=500).amortized["khat"].values
     assert np.median(trained_k) < 0.7 < np.median(frozen_k)
     assert (trained_k > 0.7).mean() < 0.3
@@ -209,7 +210,8 @@ def test_khat_passes_a_trained_encoder_and_flags_one_frozen_at_initialisation(di
 
 @pytest.mark.filterwarnings("ignore:The inplace keyword")  # arviz 0.23's compare, pandas 3
 def test_az_compare_ranks_a_vae_above_a_copy_with_a_crippled_decoder(digits_vae):
-    model, _, x = digits_vae
+    result, _, x = digits_vae
+    model = result.model
     crippled = copy.deepcopy(model)
     with torch.no_grad():
         crippled.decoder.net[-1].weight.mul_(0.1)  # outputs barely depend on the code
@@ -225,8 +227,8 @@ def test_az_compare_ranks_a_vae_above_a_copy_with_a_crippled_decoder(digits_vae)
 
 
 def test_plot_khat_draws_the_scatter_and_the_worst_images(digits_vae, tmp_path):
-    model, _, x = digits_vae
-    idata = amortized_diagnostics(model, x[:40], num_particles=100)
+    result, _, x = digits_vae
+    idata = amortized_diagnostics(result.model, x[:40], num_particles=100)
     fig = plot_khat(idata, x[:40], tmp_path / "khat.png", n_worst=9)
     assert (tmp_path / "khat.png").stat().st_size > 0
     khat = idata.amortized["khat"].values
@@ -237,6 +239,9 @@ def test_plot_khat_draws_the_scatter_and_the_worst_images(digits_vae, tmp_path):
     assert sum(len(c.get_offsets()) for c in scatter.collections) == 40
     with pytest.raises(ValueError, match="the 40 observations"):
         plot_khat(idata, x[:39])
+    # a fit's own (training) data by default
+    assert amortized_diagnostics(result, num_particles=25).amortized.sizes["obs"] == len(
+        result.data)
 
 
 def test_netcdf_round_trip(tmp_path):
