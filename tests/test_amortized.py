@@ -148,6 +148,9 @@ def test_compare_ranks_by_the_exact_evidence_with_the_paired_standard_error():
     assert table.loc["good", "elpd_loo"] == pytest.approx(
         _exact_log_evidence(w, b, x).sum(), rel=1e-12)
     assert table.loc["good", "p_loo"] == 0.0
+    exact = _exact_log_evidence(w, b, x)
+    assert table.loc["good", "se"] == pytest.approx(math.sqrt(len(exact) * exact.var()),
+                                                    rel=1e-9)
     assert not table["warning"].any()  # exact encoders: no unreliable pointwise value
 
 

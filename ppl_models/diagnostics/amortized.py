@@ -61,7 +61,7 @@ a ranking by it mixes the encoder's fit into the model's, and it would take K x 
 Storing R replicate estimates of :math:`\log p(x_n)` makes ``p_loo`` measure Monte Carlo
 disagreement between replicates and gives ``pareto_k = inf`` (with a warning) exactly when the
 encoder is perfect and the replicates agree. :func:`arviz.loo` itself needs at least two draws
-and refuses the one-draw group; :func:`amortized_loo` is its counterpart here.
+and fails on the one-draw group; :func:`amortized_loo` is its counterpart here.
 
 References
 ----------
