@@ -14,6 +14,7 @@ function                    what it does across ranks
 :func:`all_gather_objects`  every rank's picklable value, in rank order
 :func:`broadcast_object`    rank 0's picklable value on every rank
 :func:`broadcast_tensors`   rank 0's tensors copied in place on every rank (one flat buffer)
+:func:`all_reduce_gradients` weighted gradients and loss summed over ranks (one flat buffer)
 =========================== ===============================================================
 """
 
@@ -28,6 +29,7 @@ import torch.distributed as dist
 
 __all__ = [
     "all_gather_objects",
+    "all_reduce_gradients",
     "all_reduce_sum",
     "broadcast_object",
     "broadcast_tensors",
@@ -115,3 +117,32 @@ def broadcast_tensors(tensors: Sequence[torch.Tensor]) -> None:
             n = t.numel()
             t.copy_(flat[offset : offset + n].view_as(t).to(t.dtype))
             offset += n
+
+
+def all_reduce_gradients(params: Sequence[torch.Tensor], loss: torch.Tensor,
+                         weight: float) -> float:
+    r"""Replace each parameter's gradient by :math:`\sum_r w_r g_r` over the ranks, and return
+    :math:`\sum_r w_r \ell_r`, in one ``all_reduce`` of a flat float64 buffer.
+
+    With :math:`w_r = b_r / B` (this rank's rows of a global batch of :math:`B`) and each
+    rank's loss scaled by :math:`N / b_r` (``pyro.plate(..., N, subsample=rows)``), the sum
+    is the loss and gradient of the global batch scaled by :math:`N / B`: one process seeing
+    every rank's rows takes the same step (what DDP's averaging does for equal shares). A
+    parameter without a gradient on this rank contributes zeros.
+    """
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.detach().reshape(-1).to(torch.float64) for g in grads]
+                     + [loss.detach().reshape(1).to(torch.float64)])
+    flat.mul_(weight)
+    all_reduce_sum(flat)
+    offset = 0
+    with torch.no_grad():
+        for p, g in zip(params, grads, strict=True):
+            n = g.numel()
+            summed = flat[offset : offset + n].view_as(g).to(g.dtype)
+            if p.grad is None:
+                p.grad = summed
+            else:
+                p.grad.copy_(summed)
+            offset += n
+    return float(flat[-1])
