@@ -454,9 +454,9 @@ def _resolve(name_or_path: str | os.PathLike[str]) -> Path:
     if suffix not in _SUPPORTED_SUFFIXES:
         if suffix == "" and isinstance(name_or_path, str) and os.sep not in name_or_path:
             raise ValueError(f"unknown bundled data set {name_or_path!r}; known names: {known}. "
-                             "A file path must end in .csv or .npz")
+                             "A file path must end in .csv, .npz or .npy")
         raise ValueError(f"{path}: unsupported file extension {path.suffix!r}; "
-                         f"expected .csv or .npz (or a bundled name: {known})")
+                         f"expected .csv, .npz or .npy (or a bundled name: {known})")
     if not path.is_file():
         hint = ""
         if path.stem in BUNDLED and not path.parent.name:

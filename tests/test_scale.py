@@ -223,6 +223,12 @@ def test_a_memory_map_is_checked_by_blocks_and_never_copied(tmp_path):
     assert not tensor.untyped_storage().resizable()  # a view of the file, not a copy
     tensor[0, 0] = -1.0  # copy-on-write: the file keeps its values
     assert np.load(tmp_path / "x.npy")[0, 0] == 0.0
+    loaded, names = load(tmp_path / "x.npy", columns=[2, 0])
+    np.testing.assert_array_equal(loaded.numpy(), x[:, [2, 0]])
+    assert names == ["x[2]", "x[0]"]
+    (tmp_path / "text.npy").write_text("a\n1\n")
+    with pytest.raises(ValueError, match=r"not a readable \.npy"):
+        load(tmp_path / "text.npy")
     blocks = [block for _, block in iter_chunks(mapped, 4)]
     assert [b.shape[0] for b in blocks] == [4, 4, 2]
     np.testing.assert_array_equal(torch.cat(blocks).numpy(), x)
