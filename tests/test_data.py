@@ -149,7 +149,8 @@ def test_csv_unnamed_index_column_warns(tmp_path: Path) -> None:
 
 def test_unknown_bundled_name() -> None:
     with pytest.raises(ValueError, match=r"unknown bundled data set 'faithfull'; known names: "
-                                         r"'faithful'\. A file path must end in \.csv, \.npz or \.npy"):
+                                         r"'faithful'\. A file path must end in \.csv, \.npz "
+                                         r"or \.npy"):
         load("faithfull")
 
 

@@ -63,13 +63,14 @@ METHOD_OPTIONS: dict[str, tuple[str, tuple[str, ...], Any]] = {
     "num_samples": ("--num-samples", ("nuts",), 500),
     "warmup": ("--warmup", ("nuts",), 500),
     "chains": ("--chains", ("nuts",), 2),
-    "chunk_size": ("--chunk-size", ("em",), None),
 }
 
 
 def check_applicable(args: argparse.Namespace) -> None:
     """Refuse (``ValueError``, one line, exit status 2) a method option given with a method
     it does not apply to; fill in the defaults of the others."""
+    if args.chunk_size is not None and args.method != "em":
+        raise ValueError(f"--chunk-size applies to --method em only, not {args.method}")
     for dest, (option, methods, default) in METHOD_OPTIONS.items():
         value = getattr(args, dest)
         if value is None:
