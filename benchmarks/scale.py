@@ -17,8 +17,9 @@ Two measurements, each in fresh child processes so that their figures are their 
     under ``--tmp`` in blocks, then in one child fits ``GaussianMixture(K)`` by EM by blocks
     on its memory map (``fit_em(model, np.load(path, mmap_mode="r"), chunk_size=...)``), and in
     another the in-memory EM of its first ``--slice-rows`` rows (read with plain file reads
-    into one array). Each child reports its peak resident memory (``ru_maxrss``), the same
-    measured after its imports (the interpreter, torch and pyro), and the time per EM
+    into one array). Each child reports its peak resident memory (``VmHWM`` of
+    ``/proc/self/status``, file-backed pages of a memory map included), the same measured
+    after its imports (the interpreter, torch and pyro), and the time per EM
     iteration (by blocks: ``info["iteration_seconds"]``; in memory: the difference of a fit
     of ``--iters`` iterations and one of 1, divided by ``iters - 1``, after an untimed
     warm-up fit on 2,000 rows). The file is deleted at the end, whatever happens.
@@ -127,7 +128,17 @@ def _write(path: Path, rows: int, cols: int, block: int = 1 << 20) -> None:
 
 
 def _maxrss_mb() -> float:
+    """This process's peak resident memory: ``VmHWM`` (reset by ``exec``, unlike
+    ``ru_maxrss``, which a child started by ``fork``/``exec`` inherits from its parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+
+
+def _write_child(args: argparse.Namespace) -> None:
+    _write(Path(args.path), args.rows, args.cols)
+    print(json.dumps({"written": args.path}))
 
 
 def _em_blocks(args: argparse.Namespace) -> None:
@@ -184,7 +195,9 @@ def memory(args: argparse.Namespace) -> dict:
     path = folder / "big.npy"
     try:
         start = time.perf_counter()
-        _write(path, args.rows, args.cols)
+        # In a child: the parent never maps the file (its resident pages would be inherited).
+        _child_json([sys.executable, str(HERE), "_write", "--path", str(path), "--rows",
+                     str(args.rows), "--cols", str(args.cols)])
         print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in "
               f"{time.perf_counter() - start:.0f} s", flush=True)
         common = ["--k", str(args.k), "--iters", str(args.iters)]
@@ -233,16 +246,19 @@ def main() -> None:
     child.add_argument("--images", type=int)
     child.add_argument("--epochs", type=int)
     child.add_argument("--batch-size", type=int)
-    for name in ("_em_blocks", "_em_memory"):
+    for name in ("_em_blocks", "_em_memory", "_write"):
         c = sub.add_parser(name)
         c.add_argument("--path")
         c.add_argument("--rows", type=int)
         c.add_argument("--chunk", type=int)
         c.add_argument("--k", type=int)
         c.add_argument("--iters", type=int)
+        c.add_argument("--cols", type=int)
     args = parser.parse_args()
     if args.what.startswith("_"):
-        {"_train": _train, "_em_blocks": _em_blocks, "_em_memory": _em_memory}[args.what](args)
+        children = {"_train": _train, "_em_blocks": _em_blocks, "_em_memory": _em_memory,
+                    "_write": _write_child}
+        children[args.what](args)
         return
     if args.quick and args.what == "throughput":
         args.images, args.repeats = 600, 1
