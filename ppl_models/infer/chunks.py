@@ -56,8 +56,7 @@ def _release(array: np.ndarray, start: int, stop: int) -> None:
         base.madvise(mmap.MADV_DONTNEED, lo, length)
 
 
-def _to_tensor(block: Array, dtype: torch.dtype, start: int) -> torch.Tensor:
-    name = f"data rows {start}..{start + block.shape[0] - 1}"
+def _to_tensor(block: Array, dtype: torch.dtype, name: str) -> torch.Tensor:
     if isinstance(block, np.ndarray):
         block = np.ascontiguousarray(block)
     return check_data(block, name=name).to(dtype)
@@ -77,7 +76,7 @@ def iter_chunks(
     n = n_rows(data)
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
-        block = _to_tensor(data[start:stop], dtype, start)
+        block = _to_tensor(data[start:stop], dtype, f"data rows {start}..{stop - 1}")
         if isinstance(data, np.memmap):
             _release(data, start, stop)
         yield start, block
@@ -90,7 +89,7 @@ def take_rows(data: Array, index: np.ndarray, dtype: torch.dtype = torch.float64
     order = np.argsort(index, kind="stable")
     rows = data[torch.from_numpy(index[order])] if isinstance(data, torch.Tensor) else (
         data[index[order]])
-    block = _to_tensor(rows, dtype, 0)
+    block = _to_tensor(rows, dtype, f"data (rows {index.min()}..{index.max()}, sampled)")
     out = torch.empty_like(block)
     out[torch.from_numpy(order)] = block
     return out
