@@ -73,6 +73,7 @@ class Trainer:
             step.sync = distributed.all_reduce_gradients
             self.fingerprint["world_size"] = self.world
         self._rank_rng: list[dict[str, Any]] = []
+        self._joined = False
         self.callbacks = list(callbacks)
         self.epoch, self.steps = 0, 0
         self.history: dict[str, list[float]] = {"elbo": [], "beta": []}
@@ -85,10 +86,17 @@ class Trainer:
         rows = self.batches.eval_rows[:2]
         x = self.batches.eval_x[:2]
         self.step.prepare(x, n_obs=self.batches.n, subsample=rows)
-        if self.world > 1:
-            distributed.broadcast_tensors(self._shared_tensors())
-            pyro.set_rng_seed(self.config.seed + 1000 * self.rank)
-            self._gather_rng()
+        self._join_ranks()
+
+    def _join_ranks(self) -> None:
+        """Data parallel: rank 0's parameters on every rank, rank ``r``'s RNG seeded with
+        ``seed + 1000 r`` (once, before the first epoch of a fresh fit)."""
+        if self.world == 1 or self._joined:
+            return
+        distributed.broadcast_tensors(self._shared_tensors())
+        pyro.set_rng_seed(self.config.seed + 1000 * self.rank)
+        self._gather_rng()
+        self._joined = True
 
     def _shared_tensors(self) -> list[torch.Tensor]:
         """Every tensor the ranks must hold alike: the networks' state and Pyro's store."""
@@ -140,6 +148,7 @@ class Trainer:
             rng = ranks[self.rank]
         self.batches.load_state_dict(rng["batches"])
         set_rng_state(rng["pyro"])
+        self._joined = True  # every rank restored the same parameters and its own RNG
         self.epoch = self.resumed_from = int(state["epoch"])
         self.history = {name: list(values) for name, values in state["history"].items()}
         extra = state.get("extra", {})
@@ -182,6 +191,7 @@ class Trainer:
     def fit(self, *, progress: bool = False, desc: str = "SVI") -> TrainingRun:
         """Train from the current epoch to ``num_epochs`` or until a callback stops it."""
         config = self.config
+        self._join_ranks()  # when prepare() was not called
         total = len(self.batches) * config.num_epochs
         validate = is_validation_enabled()
         for callback in self.callbacks:
