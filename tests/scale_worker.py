@@ -12,6 +12,8 @@ One launch, several data-parallel fits; rank 0 saves what each rank saw into
   per rank); the network's parameters after every step.
 * ``resume``: a VAE stopped after 2 of 3 epochs and resumed from rank 0's checkpoint, against
   the same run uninterrupted (largest difference of the final parameters).
+* ``gan``: the same for a GAN (the adversarial step: one reduction per player's update), and
+  each rank's final parameters.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import torch
 from pyro.infer import config_enumerate
 from torch.distributions import constraints
 
-from ppl_models.infer import distributed, fit_em, fit_svi
-from ppl_models.models import VAE, GaussianMixture
+from ppl_models.infer import distributed, fit_adversarial, fit_em, fit_svi
+from ppl_models.models import GAN, VAE, GaussianMixture
 
 
 def em_data() -> np.ndarray:
@@ -87,6 +89,14 @@ VAE_SVI = {"batch_size": 45, "num_epochs": 3, "lr": 1e-2, "seed": 5}
 RESUME_SVI = {"batch_size": 15, "num_epochs": 3, "lr": 1e-2, "seed": 7}
 
 
+def gan_fit(**options) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = GAN(3, 2, hidden=(8,), d_hidden=(8,))
+    x = torch.randn(60, 3, generator=torch.Generator().manual_seed(1))
+    fit_adversarial(model, x, batch_size=20, num_epochs=3, seed=2, progress=False, **options)
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
 def store() -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
 
@@ -139,6 +149,13 @@ def main(out: Path) -> None:
     stopped = max(float((a - b).abs().max()) for a, b in zip(
         whole.state_dict().values(), part.state_dict().values(), strict=True))
     results["resume"] = distributed.all_gather_objects({"gap": gap, "stopped_gap": stopped})
+
+    # A GAN: interrupted and resumed against uninterrupted, on each rank.
+    whole = gan_fit()
+    part = gan_fit(checkpoint_dir=out / f"gan{rank}", callback=lambda epoch, history: epoch == 2)
+    resumed = gan_fit(checkpoint_dir=out / f"gan{rank}", resume=True)
+    results["gan"] = distributed.all_gather_objects({"whole": whole, "part": part,
+                                                     "resumed": resumed})
     if rank == 0:
         torch.save(results, out / "results.pt")
     torch.distributed.destroy_process_group()

@@ -179,6 +179,16 @@ def test_resume_on_two_ranks_ends_as_uninterrupted(launched):
     assert not (out / "checkpoint1").exists()  # only rank 0 writes
 
 
+def test_adversarial_fit_on_two_ranks_agrees_and_resumes(launched):
+    results, out = launched
+    first, second = results["gan"]
+    assert torch.equal(first["whole"], second["whole"])  # both ranks hold the same networks
+    for rank in (first, second):
+        assert float((rank["whole"] - rank["part"]).abs().max()) > 1e-4
+        assert float((rank["whole"] - rank["resumed"]).abs().max()) < 1e-6
+    assert (out / "gan0" / "checkpoint.pt").is_file() and not (out / "gan1").exists()
+
+
 def test_batches_split_every_global_batch_between_ranks():
     n, size = 61, 20
     views = [Batches(torch.arange(n).double().unsqueeze(1), size, 4, rank=r, world=2)
