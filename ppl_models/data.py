@@ -7,6 +7,12 @@ Two entry points:
 * :func:`check_data` validates a tensor or NumPy array that a user passes to a model or driver
   directly.
 
+For data larger than memory: :func:`open_npy` maps a ``.npy`` file without reading it
+(:func:`numpy.load` with ``mmap_mode="r"``), :func:`memmap_tensor` wraps such a map as a tensor
+without a copy, and :func:`csv_to_npy` converts a large CSV file into a ``.npy`` file a block of
+rows at a time; the EM and minibatch drivers then read the rows block by block
+(:mod:`ppl_models.infer.chunks`).
+
 Both refuse bad input (wrong shape, non-numeric values, NaN / infinite values, empty data) with a
 ``ValueError`` whose message names the problem, instead of letting it surface later as a cryptic
 error or a silently wrong fit.
@@ -19,6 +25,7 @@ editable install. Set the environment variable ``PPL_MODELS_DATA_DIR`` to use an
 from __future__ import annotations
 
 import csv
+import mmap
 import os
 import re
 import warnings
@@ -38,8 +45,11 @@ __all__ = [
     "check_data",
     "check_features",
     "check_unit_interval",
+    "csv_to_npy",
     "data_dir",
     "load",
+    "memmap_tensor",
+    "open_npy",
 ]
 
 #: Bundled data set names mapped to file names under the data folder (see :func:`data_dir`).
@@ -50,7 +60,10 @@ BUNDLED: dict[str, str] = {
 #: Environment variable that overrides the folder holding the bundled files.
 DATA_DIR_ENV = "PPL_MODELS_DATA_DIR"
 
-_SUPPORTED_SUFFIXES = (".csv", ".npz")
+_SUPPORTED_SUFFIXES = (".csv", ".npz", ".npy")
+
+#: Rows checked at a time by :func:`check_data` (bounded temporaries on large or mapped data).
+_CHECK_ROWS = 1 << 16
 _EXPECTED_2D = "expected a 2-D array (n_samples, n_features)"
 
 
@@ -153,6 +166,10 @@ def load(
         if key is not None:
             raise ValueError(f"{path}: key={key!r} only applies to .npz files, not CSV files")
         arr, names = _read_csv(path, selected)
+    elif path.suffix.lower() == ".npy":
+        if key is not None:
+            raise ValueError(f"{path}: key={key!r} only applies to .npz files, not .npy files")
+        arr, names = _select_npy(path, open_npy(path), selected)
     else:
         arr, names = _read_npz(path, selected, key)
 
@@ -221,7 +238,9 @@ def check_data(x: object, *, name: str = "data") -> torch.Tensor:
         ...
     ValueError: data: expected a 2-D array (n_samples, n_features), got shape (3,)...
     """
-    if isinstance(x, torch.Tensor):
+    if isinstance(x, np.memmap) and x.dtype in (np.float32, np.float64):
+        t = memmap_tensor(x)  # no copy: the rows stay on disk until read
+    elif isinstance(x, torch.Tensor):
         if x.is_complex():
             raise ValueError(f"{name}: expected real numeric values, got dtype {x.dtype}")
         wide = x.dtype == torch.float64 or _large_integers(x)
@@ -243,8 +262,11 @@ def check_data(x: object, *, name: str = "data") -> torch.Tensor:
         raise ValueError(f"{name}: {_EXPECTED_2D}, got shape {tuple(t.shape)}{hint}")
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name}: data are empty (shape {tuple(t.shape)})")
-    n_nan = int(torch.isnan(t).sum())
-    n_inf = int(torch.isinf(t).sum())
+    n_nan = n_inf = 0
+    for start in range(0, t.shape[0], _CHECK_ROWS):  # bounded temporaries on large data
+        block = t[start : start + _CHECK_ROWS]
+        n_nan += int(torch.isnan(block).sum())
+        n_inf += int(torch.isinf(block).sum())
     if n_nan or n_inf:
         raise ValueError(f"{name}: contains {n_nan} NaN and {n_inf} infinite value(s); "
                          "remove or impute them first")
@@ -253,8 +275,154 @@ def check_data(x: object, *, name: str = "data") -> torch.Tensor:
 
 
 
+def open_npy(path: str | os.PathLike[str]) -> np.memmap:
+    """Map a 2-D numeric ``.npy`` file into memory without reading it.
+
+    Only the header is read (``numpy.load(path, mmap_mode="r", allow_pickle=False)``); the
+    rows are read from disk when touched. Values are not checked here: the drivers check each
+    block of rows as they read it.
+
+    Raises
+    ------
+    ValueError
+        Not a ``.npy`` file, not 2-D, empty, or not real numbers.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        regular_file(path, "not found")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path}: not a readable .npy file: {_describe(exc)}") from exc
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2:
+        shape = getattr(arr, "shape", None)
+        raise ValueError(f"{path}: {_EXPECTED_2D}, got shape {shape}")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: expected real numeric values, got dtype {arr.dtype}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{path}: data are empty (shape {arr.shape})")
+    return arr
+
+
+def memmap_tensor(arr: np.memmap) -> torch.Tensor:
+    """A tensor over the same file as the memory map ``arr``, without reading it.
+
+    The file is mapped again copy-on-write (``mode="c"``): the tensor is writable, as torch
+    requires, and a change to it stays in this process, never reaching the file. A view of a
+    map (a slice), or a dtype other than float32/float64, is copied into memory instead.
+    """
+    whole = isinstance(arr.base, mmap.mmap) and arr.flags.c_contiguous
+    if not whole or arr.dtype not in (np.float32, np.float64) or arr.filename is None:
+        wide = np.float64 if arr.dtype == np.float64 or _large_integers(arr) else np.float32
+        return torch.from_numpy(np.array(arr, dtype=wide, copy=True))
+    private = np.memmap(arr.filename, dtype=arr.dtype, mode="c", offset=arr.offset,
+                        shape=arr.shape, order="C")
+    return torch.from_numpy(private)
+
+
+def csv_to_npy(
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    columns: Sequence[str] | None = None,
+    *,
+    chunk_rows: int = 1 << 16,
+) -> tuple[np.memmap, list[str]]:
+    """Convert a numeric CSV file into a float64 ``.npy`` file, ``chunk_rows`` rows at a time.
+
+    For CSV files larger than memory: the delimiter and decimal mark are found from the first
+    1,000 lines (as :func:`load` does from all of them), then pandas reads the file in blocks
+    (two passes: the row count, then the values), each checked for non-numeric, NaN and
+    infinite cells, and written into ``out`` (:func:`numpy.lib.format.open_memmap`).
+
+    Returns
+    -------
+    (numpy.memmap, list of str)
+        ``out`` mapped read-only (:func:`open_npy`), and the column names.
+
+    Raises
+    ------
+    ValueError
+        As :func:`load` for a CSV file, naming the block's rows.
+    """
+    path = _resolve(path)
+    if path.suffix.lower() != ".csv":
+        raise ValueError(f"{path}: csv_to_npy reads a .csv file")
+    sep, decimal, header = _csv_head_layout(path)
+    names = list(header) if columns is None else [str(c) for c in columns]
+    unknown = [c for c in names if c not in header]
+    if unknown:
+        raise ValueError(f"{path}: unknown column(s) {unknown}; available columns: {header}")
+
+    def blocks():
+        try:
+            yield from pd.read_csv(path, sep=sep, decimal=decimal, index_col=False,
+                                   usecols=names, chunksize=chunk_rows)
+        except (ValueError, OSError) as exc:  # ParserError: a row of the wrong width
+            raise ValueError(f"{path}: could not parse the CSV file: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+    n = sum(len(block) for block in blocks())
+    if n == 0:
+        raise ValueError(f"{path}: data are empty (0 rows, {len(names)} columns)")
+    target = np.lib.format.open_memmap(Path(out), mode="w+", dtype=np.float64,
+                                       shape=(n, len(names)))
+    start = 0
+    for block in blocks():
+        block = block[names]
+        for c in names:
+            if not pd.api.types.is_numeric_dtype(block[c]):
+                raise ValueError(f"{path}: column {c!r} is not numeric in rows {start + 1}.."
+                                 f"{start + len(block)}")
+        values = block.to_numpy(dtype=np.float64, na_value=np.nan)
+        _check_finite_columns(values, names, f"{path} (rows {start + 1}..{start + len(block)})")
+        target[start : start + len(block)] = values
+        start += len(block)
+    target.flush()
+    del target
+    return open_npy(out), names
+
+
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _csv_head_layout(path: Path, lines: int = 1000) -> tuple[str, str, list[str]]:
+    """Delimiter, decimal mark and header of a CSV file, from its first ``lines`` lines."""
+    with path.open(encoding="utf-8", newline="") as fh:
+        head = [line for _, line in zip(range(lines), fh, strict=False)]
+    if not head:
+        raise ValueError(f"{path}: data are empty (no header and no rows)")
+    best: tuple[int, str] | None = None
+    for sep in _DELIMITERS:
+        rows = [row for row in csv.reader(head, delimiter=sep) if row]
+        width = len(rows[0])
+        if all(len(row) == width for row in rows) and (best is None or width > best[0]):
+            best = (width, sep)
+    if best is None:
+        raise ValueError(f"{path}: the first {len(head)} lines do not all have the header's "
+                         "number of fields for any delimiter (',', ';', tab, '|')")
+    sep = best[1]
+    rows = [row for row in csv.reader(head, delimiter=sep) if row]
+    cells = [cell for row in rows[1:] for cell in row]
+    decimal = "."
+    if sep != "," and any(_DECIMAL_COMMA.match(c) for c in cells) and not any(
+        _DECIMAL_POINT.match(c) for c in cells
+    ):
+        decimal = ","
+    return sep, decimal, [c.strip() for c in rows[0]]
+
+
+def _select_npy(path: Path, arr: np.ndarray, columns: list[str | int] | None
+                ) -> tuple[np.ndarray, list[str]]:
+    """Selected columns of a ``.npy`` array (integer indices), read into memory as float64."""
+    d = arr.shape[1]
+    index = list(range(d)) if columns is None else columns
+    for c in index:
+        if not isinstance(c, int) or not -d <= c < d:
+            raise ValueError(f"{path}: .npy columns are integer indices in [-{d}, {d}); "
+                             f"got {c!r}")
+    index = [c % d for c in index]
+    return np.asarray(arr[:, index], dtype=np.float64), [f"x[{j}]" for j in index]
 
 
 def _large_integers(x: torch.Tensor | np.ndarray) -> bool:
@@ -286,9 +454,9 @@ def _resolve(name_or_path: str | os.PathLike[str]) -> Path:
     if suffix not in _SUPPORTED_SUFFIXES:
         if suffix == "" and isinstance(name_or_path, str) and os.sep not in name_or_path:
             raise ValueError(f"unknown bundled data set {name_or_path!r}; known names: {known}. "
-                             "A file path must end in .csv or .npz")
+                             "A file path must end in .csv, .npz or .npy")
         raise ValueError(f"{path}: unsupported file extension {path.suffix!r}; "
-                         f"expected .csv or .npz (or a bundled name: {known})")
+                         f"expected .csv, .npz or .npy (or a bundled name: {known})")
     if not path.is_file():
         hint = ""
         if path.stem in BUNDLED and not path.parent.name:

@@ -149,7 +149,8 @@ def test_csv_unnamed_index_column_warns(tmp_path: Path) -> None:
 
 def test_unknown_bundled_name() -> None:
     with pytest.raises(ValueError, match=r"unknown bundled data set 'faithfull'; known names: "
-                                         r"'faithful'\. A file path must end in \.csv or \.npz"):
+                                         r"'faithful'\. A file path must end in \.csv, \.npz "
+                                         r"or \.npy"):
         load("faithfull")
 
 
@@ -173,10 +174,10 @@ def test_directory_is_not_a_file(tmp_path: Path) -> None:
         load(tmp_path / "d.csv")
 
 
-@pytest.mark.parametrize("fname", ["d.txt", "d.json", "d.npy", "noext"])
+@pytest.mark.parametrize("fname", ["d.txt", "d.json", "noext"])
 def test_unsupported_extension(tmp_path: Path, fname: str) -> None:
     p = _write(tmp_path / fname, "a\n1\n")
-    with pytest.raises(ValueError, match=r"unsupported file extension .*expected \.csv or \.npz"):
+    with pytest.raises(ValueError, match=r"unsupported file extension .*expected \.csv, \.npz"):
         load(p)
 
 

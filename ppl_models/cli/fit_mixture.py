@@ -69,6 +69,8 @@ METHOD_OPTIONS: dict[str, tuple[str, tuple[str, ...], Any]] = {
 def check_applicable(args: argparse.Namespace) -> None:
     """Refuse (``ValueError``, one line, exit status 2) a method option given with a method
     it does not apply to; fill in the defaults of the others."""
+    if args.chunk_size is not None and args.method != "em":
+        raise ValueError(f"--chunk-size applies to --method em only, not {args.method}")
     for dest, (option, methods, default) in METHOD_OPTIONS.items():
         value = getattr(args, dest)
         if value is None:
@@ -83,7 +85,7 @@ def _em(model, data, args, columns):
     from ppl_models.infer import fit_em
 
     return fit_em(model, data, n_init=args.n_init, max_iter=args.max_iter, seed=args.seed,
-                  progress=progress_of(args), columns=columns)
+                  progress=progress_of(args), columns=columns, chunk_size=args.chunk_size)
 
 
 def _svi(model, data, args, columns):
@@ -146,6 +148,8 @@ def standard_errors_plan(args: argparse.Namespace, model, n: int, d: int
 
     if args.method != "em":
         return None, ""
+    if _by_blocks(args) and args.standard_errors is not True and args.bootstrap is None:
+        return None, "not computed: the data are read by blocks (--chunk-size or a .npy file)"
     if args.bootstrap is not None:
         return "bootstrap", ""
     if args.standard_errors is True:
@@ -230,6 +234,10 @@ def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
                         help=f"EM iterations at most (default {defaults['max_iter']}; em only)")
     parser.add_argument("--n-init", metavar="N", type=positive_int,
                         help=f"EM restarts (default {defaults['n_init']}; em only)")
+    parser.add_argument("--chunk-size", metavar="ROWS", type=positive_int,
+                        help="EM by blocks of ROWS rows (memory bounded by the block; same fit "
+                        "as in memory); a --data FILE.npy is memory-mapped and read by blocks "
+                        "of 65536 rows without it (default: in memory; em only)")
     parser.add_argument("--num-steps", metavar="N", type=positive_int,
                         help=f"SVI steps (default {defaults['num_steps']}; svi only)")
     parser.add_argument("--guide", choices=sorted(KINDS),
@@ -284,7 +292,10 @@ def metrics(result) -> dict[str, Any]:
     with torch.no_grad():
         params = model.full_params(result.params, result.n_features)
         params = {k: v.to(result.data.dtype) for k, v in params.items()}
-        loglik = float(model.log_likelihood(result.data, params).mean())
+        if "chunk_size" in result.info:  # by blocks: the fit's final E-step, not (N, K) at once
+            loglik = float(result.info["mean_log_likelihood"])
+        else:
+            loglik = float(model.log_likelihood(result.data, params).mean())
     out: dict[str, Any] = {
         "model": model.name,
         "method": result.method,
@@ -300,7 +311,7 @@ def metrics(result) -> dict[str, Any]:
         "seed": result.seed,
     }
     keep = ("objective", "guide", "elbo", "convergence", "max_r_hat", "divergences", "num_chains",
-            "warnings")
+            "warnings", "chunk_size")
     out.update({k: result.info[k] for k in keep if k in result.info})
     out.update(_student_t(model, params))
     return out
@@ -349,11 +360,33 @@ def _with_standard_errors(result, method: str, args: argparse.Namespace):
     return dataclasses.replace(result, info={**result.info, "standard_errors": errors.to_json()})
 
 
+def _by_blocks(args: argparse.Namespace) -> bool:
+    """EM reads the data block by block: ``--chunk-size``, or a ``.npy`` file with EM."""
+    npy = str(args.data).lower().endswith(".npy")
+    return args.method == "em" and (args.chunk_size is not None or npy)
+
+
+def _open_npy(args: argparse.Namespace):
+    """A ``.npy`` file for EM by blocks: memory-mapped, its values checked block by block by
+    the fit (never loaded whole)."""
+    from ppl_models.data import open_npy
+
+    for option, given in (("--columns", args.columns), ("--standardize", args.standardize),
+                          ("--label-column", args.label_column), ("--key", args.key)):
+        if given:
+            raise ValueError(f"{option} does not apply to a .npy file read by blocks (save "
+                             "the columns wanted, standardized, as their own .npy)")
+    data = open_npy(args.data)
+    return data, [f"x[{j}]" for j in range(data.shape[1])], None
+
+
 def _load(args: argparse.Namespace):
     """``(data, column names, labels or None)``: with ``--label-column`` the label column is
-    read on its own and kept out of the features."""
+    read on its own and kept out of the features; a ``.npy`` file for EM is memory-mapped."""
     from ppl_models.data import load
 
+    if args.method == "em" and str(args.data).lower().endswith(".npy"):
+        return _open_npy(args)
     columns = columns_of(args)
     if args.label_column is None:
         data, names = load(args.data, columns=columns, standardize=args.standardize,
@@ -402,10 +435,11 @@ def run(args: argparse.Namespace) -> int:
         model = build_model(args)
         n, d = data.shape
         se_method, se_skipped = standard_errors_plan(args, model, n, d)
-        check_memory(mixture_memory(
-            model, n, d, method=args.method, num_draws=_num_draws(args),
-            standard_errors=se_method is not None,
-        ))
+        if not _by_blocks(args):  # by blocks, the fit's memory is the block's
+            check_memory(mixture_memory(
+                model, n, d, method=args.method, num_draws=_num_draws(args),
+                standard_errors=se_method is not None,
+            ))
         with captured_warnings():
             result = DRIVERS[args.method](model, data, args, names)
             if se_method is not None:

@@ -132,9 +132,20 @@ def _load(source: str, likelihood: str):
     return x_train, x_test, y_test
 
 
+def load_training_data(source: str, likelihood: str):
+    """The training images of ``source`` as ``fit vae`` reads them."""
+    return _load(source, likelihood)[0]
+
+
 def run(args: argparse.Namespace) -> int:
-    """Fit, evaluate and draw a VAE as the parsed ``fit vae`` arguments say; return 0."""
+    """Fit, evaluate and draw a VAE as the parsed ``fit vae`` arguments say; return 0 (under
+    ``torchrun``, see :mod:`ppl_models.cli.data_parallel`)."""
     import torch
+
+    from ppl_models.cli.data_parallel import other_rank
+
+    if other_rank(args):
+        return 0
 
     from ppl_models._shared.jsonsafe import to_json
     from ppl_models._shared.warning_capture import captured_warnings

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
 
 from ppl_models._shared.progress import show_progress
+from ppl_models.infer import distributed
 from ppl_models.infer.checkpoint import open_checkpoint_dir
 from ppl_models.infer.result import FitResult
 from ppl_models.infer.trainer import (
@@ -137,7 +139,7 @@ def fit_adversarial(
         seed=int(seed), time_limit=time_limit,
     )
     directory = None
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and distributed.world()[0] == 0:  # rank 0 writes
         directory = open_checkpoint_dir(checkpoint_dir, mode="minibatch", resume=resume,
                                         overwrite=overwrite)
     pyro.clear_param_store()
@@ -158,8 +160,12 @@ def fit_adversarial(
     if time_limit is not None:
         callbacks.append(TimeLimit(time_limit))
     trainer.callbacks = callbacks
-    if directory is not None and directory.resumed is not None:
-        trainer.load_state_dict(directory.resumed, directory.file)
+    resumed = None if directory is None else directory.resumed
+    if trainer.world > 1:  # rank 0's checkpoint, sent to every rank
+        resumed = distributed.broadcast_object(resumed)
+    if resumed is not None:
+        where = Path("rank 0's checkpoint") if directory is None else directory.file
+        trainer.load_state_dict(resumed, where)
     run = trainer.fit(progress=show_progress(progress),
                       desc=f"adversarial ({type(model).__name__})")
     info: dict[str, Any] = {

@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyro
@@ -23,6 +24,7 @@ from ppl_models._shared.checks import check_choice, check_float, check_int
 from ppl_models._shared.progress import show_progress
 from ppl_models.data import check_data
 from ppl_models.images import DynamicBinarizer, binarize_threshold, check_intensities
+from ppl_models.infer import distributed
 from ppl_models.infer.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointDir,
@@ -269,7 +271,9 @@ def fit_svi(
         seed, num_particles, window = config.seed, config.num_particles, config.window
         min_delta, elbo_window = config.min_delta, config.window
     directory = None
-    if checkpoint_dir is not None:
+    # In a data-parallel run only rank 0 touches the checkpoint folder (it sends the others
+    # the state it resumes from).
+    if checkpoint_dir is not None and (not minibatch or distributed.world()[0] == 0):
         mode = "minibatch" if minibatch else "full_batch"
         directory = open_checkpoint_dir(checkpoint_dir, mode=mode, resume=resume,
                                         overwrite=overwrite)
@@ -466,8 +470,12 @@ def _fit_minibatch(setup: _Setup, config: TrainerConfig, binarize: str | None,
     directory = setup.directory
     writer = None if directory is None else CheckpointWriter(directory, trainer.state_dict)
     trainer.callbacks = _callbacks(model, batches, config, callback, writer)
-    if directory is not None and directory.resumed is not None:
-        trainer.load_state_dict(directory.resumed, directory.file)
+    resumed = None if directory is None else directory.resumed
+    if trainer.world > 1:
+        resumed = distributed.broadcast_object(resumed)
+    if resumed is not None:
+        where = Path("rank 0's checkpoint") if directory is None else directory.file
+        trainer.load_state_dict(resumed, where)
     run = trainer.fit(progress=setup.progress, desc=f"SVI ({setup.kind})")
     run.info.update(binarize=binarize,
                     checkpoint=None if directory is None else str(directory.file))

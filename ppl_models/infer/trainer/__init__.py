@@ -13,6 +13,10 @@ module             job
 
 A new training scheme is a new entry in :data:`STEPS`, not a new loop: the adversarial game
 (:class:`AdversarialStep`, several optimisers, ``d_steps`` per generator step) is one.
+
+Under ``torchrun`` the same loop trains data-parallel: :class:`Batches` gives each rank its
+piece of every global batch, and :class:`Trainer` sums the ranks' weighted gradients with one
+``all_reduce`` per update (see :class:`Trainer` and :mod:`ppl_models.infer.distributed`).
 """
 
 from ppl_models.infer.trainer.batches import Batches

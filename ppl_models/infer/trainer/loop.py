@@ -14,6 +14,7 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
+from ppl_models.infer import distributed
 from ppl_models.infer.checkpoint import (
     check_config,
     param_store_state,
@@ -26,7 +27,7 @@ from ppl_models.infer.stopping import check_finite, plateau
 from ppl_models.infer.trainer.batches import Batches
 from ppl_models.infer.trainer.callbacks import Callback
 from ppl_models.infer.trainer.config import TrainerConfig
-from ppl_models.infer.trainer.steps import Step, kl_weight
+from ppl_models.infer.trainer.steps import PyroStep, Step, kl_weight
 
 __all__ = ["Trainer", "TrainingRun"]
 
@@ -63,7 +64,16 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
     ) -> None:
         self.model, self.step, self.batches, self.config = model, step, batches, config
+        self.rank, self.world = batches.rank, batches.world
         self.fingerprint = {**config.compared(), **identity}
+        if self.world > 1:
+            if isinstance(step, PyroStep) and step.svi is not None:
+                raise ValueError("data-parallel training takes the trainer's own Adam, not a "
+                                 "Pyro optimiser (optim=): leave optim unset")
+            step.sync = distributed.all_reduce_gradients
+            self.fingerprint["world_size"] = self.world
+        self._rank_rng: list[dict[str, Any]] = []
+        self._joined = False
         self.callbacks = list(callbacks)
         self.epoch, self.steps = 0, 0
         self.history: dict[str, list[float]] = {"elbo": [], "beta": []}
@@ -76,6 +86,31 @@ class Trainer:
         rows = self.batches.eval_rows[:2]
         x = self.batches.eval_x[:2]
         self.step.prepare(x, n_obs=self.batches.n, subsample=rows)
+        self._join_ranks()
+
+    def _join_ranks(self) -> None:
+        """Data parallel: rank 0's parameters on every rank, rank ``r``'s RNG seeded with
+        ``seed + 1000 r`` (once, before the first epoch of a fresh fit)."""
+        if self.world == 1 or self._joined:
+            return
+        distributed.broadcast_tensors(self._shared_tensors())
+        pyro.set_rng_seed(self.config.seed + 1000 * self.rank)
+        self._gather_rng()
+        self._joined = True
+
+    def _shared_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the ranks must hold alike: the networks' state and Pyro's store."""
+        tensors: list[torch.Tensor] = []
+        if isinstance(self.model, torch.nn.Module):
+            tensors += [t for _, t in sorted(self.model.state_dict().items())]
+        store = pyro.get_param_store()
+        tensors += [p for _, p in sorted(store.named_parameters())]
+        return tensors
+
+    def _gather_rng(self) -> None:
+        """Every rank's RNG states (its noise and its transform's), for the checkpoint."""
+        mine = {"pyro": rng_state(), "batches": self.batches.state_dict()}
+        self._rank_rng = distributed.all_gather_objects(mine)
 
     # ------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -89,7 +124,8 @@ class Trainer:
             "model_state": model.state_dict() if isinstance(model, torch.nn.Module) else {},
             "param_store": param_store_state(),
             "optimizer_state": self.step.state_dict(),
-            "rng": {"pyro": rng_state(), "batches": self.batches.state_dict()},
+            "rng": {"pyro": rng_state(), "batches": self.batches.state_dict(),
+                    **({"ranks": list(self._rank_rng)} if self.world > 1 else {})},
             "history": {name: list(values) for name, values in self.history.items()},
             "extra": {
                 "steps": self.steps,
@@ -103,8 +139,16 @@ class Trainer:
         restore_model(self.model, state["model_state"], path)
         restore_param_store(state["param_store"], path)
         self.step.load_state_dict(state["optimizer_state"])
-        self.batches.load_state_dict(state["rng"]["batches"])
-        set_rng_state(state["rng"]["pyro"])
+        rng = state["rng"]
+        if self.world > 1:
+            ranks = rng.get("ranks")
+            if not isinstance(ranks, list) or len(ranks) != self.world:
+                raise ValueError(f"cannot resume from {path}: it holds no RNG state for each "
+                                 f"of {self.world} ranks")
+            rng = ranks[self.rank]
+        self.batches.load_state_dict(rng["batches"])
+        set_rng_state(rng["pyro"])
+        self._joined = True  # every rank restored the same parameters and its own RNG
         self.epoch = self.resumed_from = int(state["epoch"])
         self.history = {name: list(values) for name, values in state["history"].items()}
         extra = state.get("extra", {})
@@ -122,6 +166,7 @@ class Trainer:
             for i, (x, rows) in enumerate(self.batches):
                 if i == 1 and validate:
                     stack.enter_context(pyro.validation_enabled(False))
+                self.step.weight = self.batches.weight(i)
                 value = self.step(x, n_obs=self.batches.n, subsample=rows)
                 self.steps += 1
                 check_finite(value, self.steps)
@@ -131,24 +176,30 @@ class Trainer:
         self.history["beta"].append(beta)
         self.epoch_seconds.append(time.perf_counter() - start)
 
-    def _stopper(self) -> Callback | None:
-        """The first callback that stops the fit after this epoch, if any."""
+    def _stopper(self) -> str | None:
+        """The name of the first callback that stops the fit after this epoch, if any (rank
+        0's decision in a data-parallel run)."""
+        if self.world > 1:
+            self._gather_rng()
+        name = None
         for callback in self.callbacks:
             if callback.on_epoch_end(self.epoch, self.history):
-                return callback
-        return None
+                name = callback.name
+                break
+        return distributed.broadcast_object(name) if self.world > 1 else name
 
     def fit(self, *, progress: bool = False, desc: str = "SVI") -> TrainingRun:
         """Train from the current epoch to ``num_epochs`` or until a callback stops it."""
         config = self.config
+        self._join_ranks()  # when prepare() was not called
         total = len(self.batches) * config.num_epochs
         validate = is_validation_enabled()
         for callback in self.callbacks:
             callback.on_train_start()
         stopped_by = "num_epochs"
         start = time.perf_counter()
-        with tqdm(total=total, initial=self.steps, disable=not progress, desc=desc,
-                  leave=False) as bar:
+        with tqdm(total=total, initial=self.steps, disable=not progress or self.rank != 0,
+                  desc=desc, leave=False) as bar:
             for epoch in range(self.epoch, config.num_epochs):
                 self._run_epoch(epoch, bar, validate)
                 self.epoch = epoch + 1
@@ -156,7 +207,7 @@ class Trainer:
                                 refresh=False)
                 stopper = self._stopper()
                 if stopper is not None:
-                    stopped_by = stopper.name
+                    stopped_by = stopper
                     break
         converged = plateau(self.history["elbo"], config.window, config.min_delta)
         if config.early_stop:
@@ -180,4 +231,5 @@ class Trainer:
             "epoch_seconds": self.epoch_seconds,
             "stopped_by": stopped_by,
             "resumed_from": self.resumed_from,
+            "world_size": self.world,
         }

@@ -108,10 +108,25 @@ class Step(ABC):
 
     name: str = "step"
     beta: float = 1.0
+    #: Data-parallel runs: the gradient reduction the trainer installs
+    #: (:func:`ppl_models.infer.distributed.all_reduce_gradients`), and this rank's share
+    #: ``b_r / B`` of the current global batch, by which its gradients and loss are weighted
+    #: before they are summed over the ranks.
+    sync: Callable[[list[torch.Tensor], torch.Tensor, float], float] | None = None
+    weight: float = 1.0
 
     def __init__(self) -> None:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedulers: list[torch.optim.lr_scheduler.LRScheduler] = []
+
+    def _reduce(self, optimizer: torch.optim.Optimizer, value: torch.Tensor) -> float:
+        """After ``backward``: in a data-parallel run, this rank's gradients of
+        ``optimizer``'s parameters and the loss ``value``, weighted by :attr:`weight`, summed
+        over the ranks (one ``all_reduce``); returns the loss (the global batch's)."""
+        if self.sync is None:
+            return value.item()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        return self.sync(params, value.detach(), self.weight)
 
     @abstractmethod
     def __call__(self, x: torch.Tensor, *, n_obs: int, subsample: torch.Tensor) -> float:
@@ -163,9 +178,10 @@ class _AdamStep(Step):
         optimizer, scheduler = self.optimizers[0], self.schedulers[0]
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
+        value = self._reduce(optimizer, objective)
         optimizer.step()
         scheduler.step()
-        return objective.item()
+        return value
 
 
 class ModelObjectiveStep(_AdamStep):
@@ -419,8 +435,8 @@ class AdversarialStep(Step):
                 self.discriminator_optimizer.zero_grad(set_to_none=True)
                 d_loss = self.discriminator_loss(x)
                 d_loss.backward()
+                total_d += self._reduce(self.discriminator_optimizer, d_loss)
                 self.discriminator_optimizer.step()
-                total_d += d_loss.item()
             record["d_loss"] = total_d / self.d_steps
         self.generator_optimizer.zero_grad(set_to_none=True)
         draws = self.model.adversarial_draws(x)
@@ -431,13 +447,14 @@ class AdversarialStep(Step):
             total = total + self.model.adversarial_weight * g_loss
             record["g_loss"] = g_loss.item()
         total.backward()
+        loss = self._reduce(self.generator_optimizer, total)
         self.generator_optimizer.step()
         for scheduler in self.schedulers:
             scheduler.step()
         record.update({name: value.item() for name, value in terms.items()})
         for name, value in record.items():
             self.records.setdefault(name, []).append(value)
-        return total.item() * n_obs
+        return loss * n_obs
 
 
 #: Registry of step strategies: name -> builder from :class:`StepInputs`.

@@ -1,0 +1,38 @@
+"""``torchrun --nproc_per_node N -m ppl_models fit vae ...``: what the ranks other than 0 do.
+
+Every rank runs the same command. Rank 0 runs it as in one process (it alone checks and writes
+``--out``, the checkpoint, metrics and plots, and shows progress); each other rank loads the
+same data, builds the same model and takes part in the same minibatch fit
+(:func:`~ppl_models.infer.fit_svi`, data-parallel through
+:mod:`ppl_models.infer.distributed`), then exits without writing anything. A resumed run gets
+its checkpoint from rank 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["other_rank"]
+
+
+def other_rank(args: argparse.Namespace) -> bool:
+    """Join the process group ``torchrun`` describes; on a rank other than 0, take part in
+    the ``fit vae`` fit and return True (the caller then returns 0); False on rank 0 or in a
+    single process."""
+    from ppl_models.infer.distributed import init_from_env, world
+
+    init_from_env()
+    if world()[0] == 0:
+        return False
+    import torch
+
+    from ppl_models.cli.fit_vae import PRIORS, load_training_data
+    from ppl_models.infer import fit_svi
+
+    x_train = load_training_data(args.data, args.likelihood)
+    torch.manual_seed(args.seed)
+    model = PRIORS[args.prior](x_train.shape[1], args, {"likelihood": args.likelihood})
+    fit_svi(model, x_train, batch_size=min(args.batch_size, x_train.shape[0]),
+            num_epochs=args.epochs, kl_warmup_epochs=args.kl_warmup, time_limit=args.time_limit,
+            seed=args.seed, progress=False)
+    return True
