@@ -97,7 +97,7 @@ def add_data_options(parser: argparse.ArgumentParser, *, default: str | None = "
     data."""
     parser.add_argument(
         "--data", metavar="SOURCE", default=default,
-        help=f"bundled name or a .csv/.npz path (default {default})",
+        help=f"bundled name or a .csv/.npz/.npy path (default {default})",
     )
     parser.add_argument(
         "--key", metavar="NAME",
