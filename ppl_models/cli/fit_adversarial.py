@@ -249,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from ppl_models.images import load_images
     from ppl_models.infer import fit_adversarial
+    from ppl_models.infer.adversarial_memory import adversarial_memory
+    from ppl_models.infer.resources import check_memory
     from ppl_models.models import AdversarialAutoencoder, InfoGAN
 
     resolve_options(args)
@@ -261,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         model = build_model(args, x_train.shape[1])
         batch_size = min(args.batch_size, x_train.shape[0])
+        check_memory(adversarial_memory(model, x_train.shape[0], x_train.shape[1],
+                                        batch_size=batch_size, n_test=x_test.shape[0]))
         d_updates = 0 if args.model == "wae" and args.penalty == "mmd" else args.d_steps
         if not args.quiet:
             print(f"ppl-models: {type(model).__name__}: {args.epochs} epochs x "
