@@ -80,7 +80,7 @@ PUBLISHED: dict[str, tuple[str, float, str]] = {
 TRAINING: dict[str, Any] = {"batch_size": 100, "lr": 2e-4, "lr_decay": 1.0,
                             "betas": (0.5, 0.999), "seed": 0}
 
-HIDDEN = (512, 512)
+HIDDEN = (256, 256)
 
 
 def _infogan() -> InfoGAN:
