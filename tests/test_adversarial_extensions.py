@@ -281,3 +281,18 @@ def test_adversarial_memory_counts_the_code_mmd_of_an_autoencoder():
         adversarial_memory(VAE(4, 2), 100, 4, batch_size=10)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         adversarial_memory(model, 100, 4, batch_size=0)
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_refuses_an_adversarial_fit_over_the_memory_limit(tmp_path, capsys, monkeypatch):
+    from ppl_models.cli import main
+    from ppl_models.infer.resources import ENV_VAR
+
+    monkeypatch.setenv(ENV_VAR, "10k")
+    out = tmp_path / "o"
+    assert main(["fit", "gan", "--epochs", "1", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs about" in err and "limit is 10.0 kB" in err
+    assert not out.exists()
+    assert main(["fit", "gan", "--encoder", "gaussian", "--out", str(out), "--quiet"]) == 2
+    assert "--encoder does not apply to fit gan" in capsys.readouterr().err

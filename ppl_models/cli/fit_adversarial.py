@@ -63,6 +63,7 @@ PRIORS: tuple[str, ...] = ("normal", "mog", "uniform")
 #: these defaults; one given for a model outside its set is refused.
 DEFAULTS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "prior": ("normal", ("aae", "wae")),
+    "encoder": ("deterministic", ("aae", "wae")),
     "penalty": ("mmd", ("wae",)),
     "hidden": (128, ("aae", "wae", "gan", "infogan")),
     "d_steps": (1, ("aae", "wae", "gan", "dcgan", "infogan")),
@@ -123,6 +124,10 @@ def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--prior", choices=PRIORS, default=None,
                         help="aae/wae only: prior of the codes; a mog prior is not stored in fit/ "
                         "(loading it warns and falls back to normal) (default normal)")
+    parser.add_argument("--encoder", choices=("deterministic", "gaussian"), default=None,
+                        help="aae/wae only: q(z|x) a point mass or a Gaussian sampled by "
+                        "reparameterisation (Makhzani et al. 2016, sec. 2) "
+                        "(default deterministic)")
     parser.add_argument("--penalty", choices=("mmd", "gan"), default=None,
                         help="wae only: divergence between codes and prior (default mmd)")
     parser.add_argument("--latent-dim", metavar="L", type=positive_int, default=None,
@@ -198,9 +203,10 @@ def build_model(args: argparse.Namespace, n_features: int) -> Any:
     prior = make_prior(args.prior, latent)
     if name == "aae":
         return AdversarialAutoencoder(n_features, latent, prior=prior, hidden=(args.hidden,),
-                                      d_hidden=(args.hidden,))
+                                      d_hidden=(args.hidden,), encoder=args.encoder)
     return WassersteinAutoencoder(n_features, latent, penalty=args.penalty, prior=prior,
-                                  hidden=(args.hidden,), d_hidden=(args.hidden,))
+                                  hidden=(args.hidden,), d_hidden=(args.hidden,),
+                                  encoder=args.encoder)
 
 
 def code_mmd(model: Any, x: Any, seed: int) -> tuple[float, str, float]:
@@ -289,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
             "data": args.data,
             "prior": args.prior,
+            "encoder": args.encoder,
             "penalty": args.penalty,
             "latent_dim": args.latent_dim,
             "hidden": args.hidden,
