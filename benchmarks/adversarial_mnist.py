@@ -160,7 +160,7 @@ def evaluate(run: str, model: Any, data: dict[str, torch.Tensor], out: Path,
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(12345)
             rows = torch.randperm(data["x_test"].shape[0])[:mmd_size]
-            codes = model.encode(data["x_test"][rows]).double()
+            codes = model.sample_codes(data["x_test"][rows]).double()
             draws = model.prior.sample((2 * mmd_size,)).double()
             figures["test_mmd"] = float(mmd_unbiased(codes, draws[:mmd_size], kernel))
             figures["prior_vs_prior_mmd"] = float(mmd_unbiased(draws[mmd_size:],

@@ -210,9 +210,10 @@ def build_model(args: argparse.Namespace, n_features: int) -> Any:
 
 
 def code_mmd(model: Any, x: Any, seed: int) -> tuple[float, str, float]:
-    r""":math:`\widehat{\mathrm{MMD}}^2_u` between the codes of ``x`` and ``len(x)`` prior
-    draws (drawn under ``torch.manual_seed(seed)`` in a forked RNG), the kernel's name and
-    scale: a WAE's own kernel, else IMQ at :math:`2 L \bar\sigma_z^2`."""
+    r""":math:`\widehat{\mathrm{MMD}}^2_u` between codes of ``x`` (one draw of
+    :math:`q(z \mid x)` each) and ``len(x)`` prior draws (drawn under
+    ``torch.manual_seed(seed)`` in a forked RNG), the kernel's name and scale: a WAE's own
+    kernel, else IMQ at :math:`2 L \bar\sigma_z^2`."""
     import torch
 
     from ppl_models.models import WassersteinAutoencoder
@@ -225,7 +226,7 @@ def code_mmd(model: Any, x: Any, seed: int) -> tuple[float, str, float]:
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         draws = model.prior.sample((x.shape[0],))
-        codes = model.encode(x)
+        codes = model.sample_codes(x)  # draws of q(z | x): the aggregated posterior
         value = mmd_unbiased(codes.double(), draws.double(), KERNELS[kernel](scale))
     return float(value), kernel, scale
 
