@@ -33,15 +33,18 @@ from ppl_models.models import (
     AdversarialModel,
     AmortizedModel,
     ClosedFormEM,
+    ClusteringAdversarialAutoencoder,
     CollapsedLikelihood,
     GaussianMixture,
     ImportanceWeighted,
     InfoGAN,
+    LabelledAdversarialAutoencoder,
     LabelledAmortized,
     LatentModel,
     MixtureModel,
     WassersteinAutoencoder,
     protocols,
+    with_labels,
 )
 
 ROLES = (
@@ -60,6 +63,10 @@ EXAMPLES = {
     "infogan": lambda: InfoGAN(2, 3, n_categories=3, hidden=(8,), d_hidden=(8,), q_hidden=(8,)),
     "aae": lambda: AdversarialAutoencoder(2, 2, hidden=(8,), d_hidden=(8,)),
     "wae": lambda: WassersteinAutoencoder(2, 2, penalty="gan", hidden=(8,), d_hidden=(8,)),
+    "clustering_aae": lambda: ClusteringAdversarialAutoencoder(2, 3, 2, hidden=(8,),
+                                                               encoder="gaussian"),
+    "labelled_aae": lambda: LabelledAdversarialAutoencoder(1, 2, prior=dist.MixtureSameFamily(
+        dist.Categorical(logits=torch.zeros(3)), dist.Normal(torch.randn(3, 2), 1.0).to_event(1))),
 }
 
 #: What each registered class must declare (by inheritance).
@@ -73,6 +80,8 @@ DECLARED = {
     "infogan": {LatentModel, AdversarialModel},
     "aae": {LatentModel, AdversarialModel},
     "wae": {LatentModel, AdversarialModel},
+    "clustering_aae": {LatentModel, AdversarialModel},
+    "labelled_aae": {LatentModel, AdversarialModel},
 }
 
 
@@ -103,6 +112,8 @@ def test_dims_cover_every_traced_site_with_its_rank(name):
     x = (torch.rand(5, 6) < 0.5).float() if isinstance(model, AmortizedModel) else torch.randn(
         20, 784 if name == "dcgan" else 2
     )
+    if name == "labelled_aae":  # one pixel and the label (-1: unlabelled)
+        x = with_labels(torch.randn(20, 1), torch.arange(20) % 4 - 1)
     with torch.no_grad():
         # without an enumeration handler the labels are drawn: every site has its own shape
         trace = poutine.trace(model.model).get_trace(model.validate(x))

@@ -63,6 +63,7 @@ PRIORS: tuple[str, ...] = ("normal", "mog", "uniform")
 #: these defaults; one given for a model outside its set is refused.
 DEFAULTS: dict[str, tuple[Any, tuple[str, ...]]] = {
     "prior": ("normal", ("aae", "wae")),
+    "encoder": ("deterministic", ("aae", "wae")),
     "penalty": ("mmd", ("wae",)),
     "hidden": (128, ("aae", "wae", "gan", "infogan")),
     "d_steps": (1, ("aae", "wae", "gan", "dcgan", "infogan")),
@@ -123,6 +124,10 @@ def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--prior", choices=PRIORS, default=None,
                         help="aae/wae only: prior of the codes; a mog prior is not stored in fit/ "
                         "(loading it warns and falls back to normal) (default normal)")
+    parser.add_argument("--encoder", choices=("deterministic", "gaussian"), default=None,
+                        help="aae/wae only: q(z|x) a point mass or a Gaussian sampled by "
+                        "reparameterisation (Makhzani et al. 2016, sec. 2) "
+                        "(default deterministic)")
     parser.add_argument("--penalty", choices=("mmd", "gan"), default=None,
                         help="wae only: divergence between codes and prior (default mmd)")
     parser.add_argument("--latent-dim", metavar="L", type=positive_int, default=None,
@@ -198,15 +203,17 @@ def build_model(args: argparse.Namespace, n_features: int) -> Any:
     prior = make_prior(args.prior, latent)
     if name == "aae":
         return AdversarialAutoencoder(n_features, latent, prior=prior, hidden=(args.hidden,),
-                                      d_hidden=(args.hidden,))
+                                      d_hidden=(args.hidden,), encoder=args.encoder)
     return WassersteinAutoencoder(n_features, latent, penalty=args.penalty, prior=prior,
-                                  hidden=(args.hidden,), d_hidden=(args.hidden,))
+                                  hidden=(args.hidden,), d_hidden=(args.hidden,),
+                                  encoder=args.encoder)
 
 
 def code_mmd(model: Any, x: Any, seed: int) -> tuple[float, str, float]:
-    r""":math:`\widehat{\mathrm{MMD}}^2_u` between the codes of ``x`` and ``len(x)`` prior
-    draws (drawn under ``torch.manual_seed(seed)`` in a forked RNG), the kernel's name and
-    scale: a WAE's own kernel, else IMQ at :math:`2 L \bar\sigma_z^2`."""
+    r""":math:`\widehat{\mathrm{MMD}}^2_u` between codes of ``x`` (one draw of
+    :math:`q(z \mid x)` each) and ``len(x)`` prior draws (drawn under
+    ``torch.manual_seed(seed)`` in a forked RNG), the kernel's name and scale: a WAE's own
+    kernel, else IMQ at :math:`2 L \bar\sigma_z^2`."""
     import torch
 
     from ppl_models.models import WassersteinAutoencoder
@@ -219,7 +226,7 @@ def code_mmd(model: Any, x: Any, seed: int) -> tuple[float, str, float]:
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         draws = model.prior.sample((x.shape[0],))
-        codes = model.encode(x)
+        codes = model.sample_codes(x)  # draws of q(z | x): the aggregated posterior
         value = mmd_unbiased(codes.double(), draws.double(), KERNELS[kernel](scale))
     return float(value), kernel, scale
 
@@ -249,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from ppl_models.images import load_images
     from ppl_models.infer import fit_adversarial
+    from ppl_models.infer.adversarial_memory import adversarial_memory
+    from ppl_models.infer.resources import check_memory
     from ppl_models.models import AdversarialAutoencoder, InfoGAN
 
     resolve_options(args)
@@ -261,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         model = build_model(args, x_train.shape[1])
         batch_size = min(args.batch_size, x_train.shape[0])
+        check_memory(adversarial_memory(model, x_train.shape[0], x_train.shape[1],
+                                        batch_size=batch_size, n_test=x_test.shape[0]))
         d_updates = 0 if args.model == "wae" and args.penalty == "mmd" else args.d_steps
         if not args.quiet:
             print(f"ppl-models: {type(model).__name__}: {args.epochs} epochs x "
@@ -285,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
             "data": args.data,
             "prior": args.prior,
+            "encoder": args.encoder,
             "penalty": args.penalty,
             "latent_dim": args.latent_dim,
             "hidden": args.hidden,

@@ -9,7 +9,8 @@ key            what it holds
 mode           ``"minibatch"`` (the trainer, per epoch) or ``"full_batch"`` (per step)
 epoch          epochs done (minibatch) or optimisation steps done (full batch)
 seed           the fit's seed
-config         the settings that decide the numbers (a resume must use the same ones)
+config         the settings that decide the numbers (a resume must use the same ones, but
+               may raise those listed under ``may_grow``)
 model_state    the model's ``state_dict()`` when it is an ``nn.Module`` (else ``{}``)
 param_store    Pyro's parameters, unconstrained
 optimizer_state every optimiser's and learning-rate scheduler's state
@@ -41,6 +42,7 @@ from ppl_models.infer.result_checks import check_tensor
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "MAY_GROW",
     "CheckpointDir",
     "check_config",
     "load_checkpoint",
@@ -291,14 +293,30 @@ def _state_problem(state: Any) -> str | None:
     return _optimizer_problem(state["optimizer_state"], state["mode"], state["param_store"])
 
 
+#: Key of a fingerprint listing the integer settings a resume may raise (e.g. ``num_epochs``
+#: of a fit whose numbers do not depend on it); the list itself is not compared.
+MAY_GROW = "may_grow"
+
+
 def check_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    """Refuse to resume with settings other than the checkpoint's, naming the first field."""
+    """Refuse to resume with settings other than the checkpoint's, naming the first field.
+
+    A field named in ``current[MAY_GROW]`` may be larger than the saved value (a fit extended
+    by more epochs), never smaller.
+    """
+    growing = set(current.get(MAY_GROW, ()))
     for field, value in current.items():
+        if field == MAY_GROW:
+            continue
         before = saved.get(field, "<absent>")
+        if field in growing and _is_int(before) and _is_int(value) and before <= value:
+            continue
         if before != value:
+            rule = (f"{field} may only grow" if field in growing
+                    else "a resumed fit needs the same settings")
             raise ValueError(
                 f"cannot resume from {path}: {field} was {before!r} and is now {value!r} "
-                "(a resumed fit needs the same settings; pass overwrite=True to start afresh)"
+                f"({rule}; pass overwrite=True to start afresh)"
             )
 
 

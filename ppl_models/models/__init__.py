@@ -7,9 +7,11 @@ registry names to every model class, :data:`MIXTURES` to the finite mixtures. Im
 """
 
 from ppl_models.models.adversarial_autoencoder import AdversarialAutoencoder, WassersteinAutoencoder
+from ppl_models.models.clustering_aae import ClusteringAdversarialAutoencoder
 from ppl_models.models.gan import DCGAN, GAN
 from ppl_models.models.gmm import GaussianMixture
 from ppl_models.models.infogan import InfoGAN
+from ppl_models.models.labelled_aae import LabelledAdversarialAutoencoder, with_labels
 from ppl_models.models.mixture import FiniteMixture
 from ppl_models.models.mixture_vae import GMVAE, MixtureOfGaussiansPrior, VampPrior
 from ppl_models.models.protocols import (
@@ -37,11 +39,13 @@ __all__ = [
     "AdversarialModel",
     "AmortizedModel",
     "ClosedFormEM",
+    "ClusteringAdversarialAutoencoder",
     "CollapsedLikelihood",
     "FiniteMixture",
     "GaussianMixture",
     "ImportanceWeighted",
     "InfoGAN",
+    "LabelledAdversarialAutoencoder",
     "LabelledAmortized",
     "LatentModel",
     "MixtureModel",
@@ -50,4 +54,5 @@ __all__ = [
     "VampPrior",
     "WassersteinAutoencoder",
     "build_model",
+    "with_labels",
 ]

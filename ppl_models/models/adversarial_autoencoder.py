@@ -1,10 +1,14 @@
 r"""Autoencoders whose codes are matched to a prior by a discriminator or by an MMD penalty.
 
-**Adversarial autoencoder** (Makhzani et al. 2016). A deterministic encoder
-:math:`z = E_\phi(x)`, a decoder :math:`\hat x = G_\theta(z)`, and a discriminator
+**Adversarial autoencoder** (Makhzani et al. 2016). An encoder, deterministic
+:math:`z = E_\phi(x)` or Gaussian :math:`q_\phi(z \mid x) = \mathcal N(\mu_\phi(x),
+\mathrm{diag}\,\sigma^2_\phi(x))` sampled by reparameterisation :math:`z = \mu_\phi(x) +
+\sigma_\phi(x) \odot \epsilon` (their section 2, the second of the three choices of
+:math:`q(z \mid x)`), a decoder :math:`\hat x = G_\theta(z)`, and a discriminator
 :math:`D_\psi(z)` on the code space that tells draws of the prior :math:`p(z)` ("real") from
 codes of the data ("fake", the aggregated posterior :math:`q(z) = \mathbb E_{p_{\text{data}}}
-[\delta_{E(x)}]`). The autoencoder minimises
+[q(z \mid x)]`, :math:`q(z \mid x) = \delta_{E(x)}` for the deterministic encoder). The
+autoencoder minimises
 
 .. math::
 
@@ -57,9 +61,13 @@ from ppl_models.models.adversarial import (
     observation_plate,
 )
 from ppl_models.models.protocols import AdversarialDraws, AdversarialModel, LatentModel
-from ppl_models.nn import MLPDecoder, MLPTrunk
+from ppl_models.nn import GaussianEncoder, MLPDecoder, MLPTrunk
 
-__all__ = ["RECONSTRUCTIONS", "AdversarialAutoencoder", "WassersteinAutoencoder"]
+__all__ = ["ENCODERS", "RECONSTRUCTIONS", "AdversarialAutoencoder", "WassersteinAutoencoder"]
+
+#: The encoders :math:`q(z \mid x)` of the autoencoders: a point mass at :math:`E_\phi(x)`, or
+#: a diagonal Gaussian sampled by reparameterisation (Makhzani et al. 2016, section 2).
+ENCODERS: tuple[str, ...] = ("deterministic", "gaussian")
 
 
 def _squared(eta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -101,11 +109,12 @@ class AdversarialAutoencoder(nn.Module, LatentModel, AdversarialModel):
     .. math::
 
         z_n \sim p(z), \quad x_n \mid z_n \sim f(x \mid G_\theta(z_n)); \qquad
-        \text{encoder } z = E_\phi(x), \quad \text{discriminator } D_\psi(z)
+        \text{encoder } z \sim q_\phi(z \mid x), \quad \text{discriminator } D_\psi(z)
 
     where :math:`-\log f(x \mid \eta) = c(x, \eta) + \text{const}`
     (:data:`RECONSTRUCTIONS`). The generator's loss is
-    :math:`\mathbb E\, c(x, G(E(x))) + \lambda\, L_{\text{adv}}(D(E(x)))` (module docstring).
+    :math:`\mathbb E_x \mathbb E_{q(z \mid x)}[c(x, G(z)) + \lambda\, L_{\text{adv}}(D(z))]`
+    (module docstring), one draw of :math:`z` per observation and step.
 
     Parameters
     ----------
@@ -127,6 +136,12 @@ class AdversarialAutoencoder(nn.Module, LatentModel, AdversarialModel):
     activation : str
     adversarial_weight : float
         :math:`\lambda`, the weight of the generator's adversarial loss.
+    encoder : {"deterministic", "gaussian"}
+        :math:`q(z \mid x)`: :math:`\delta_{E_\phi(x)}`, or
+        :math:`\mathcal N(\mu_\phi(x), \mathrm{diag}\,\sigma_\phi^2(x))` with
+        :math:`\sigma = \mathrm{softplus}(\cdot) + 10^{-4}`
+        (:class:`ppl_models.nn.GaussianEncoder`); the discriminator and the decoder see one
+        reparameterised draw (:meth:`sample_codes`), :meth:`encode` gives the mean.
     """
 
     local_plate: ClassVar[str] = "data"
@@ -147,8 +162,10 @@ class AdversarialAutoencoder(nn.Module, LatentModel, AdversarialModel):
         d_hidden: Sequence[int] | int = (64,),
         activation: str = "relu",
         adversarial_weight: float = 1.0,
+        encoder: str = "deterministic",
     ) -> None:
         super().__init__()
+        self.encoder_kind = check_choice(encoder, "encoder", ENCODERS)
         self.input_dim = check_int(input_dim, "input_dim")
         self.latent_dim = check_int(latent_dim, "latent_dim")
         self.reconstruction = check_choice(reconstruction, "reconstruction", RECONSTRUCTIONS)
@@ -161,12 +178,23 @@ class AdversarialAutoencoder(nn.Module, LatentModel, AdversarialModel):
         if prior is None:
             prior = dist.Normal(torch.zeros(self.latent_dim), 1.0).to_event(1)
         self.prior = check_sampled_prior(prior, self.latent_dim)
-        self.encoder = _DeterministicEncoder(self.input_dim, self.latent_dim, self.hidden,
-                                             activation)
-        self.decoder = MLPDecoder(self.latent_dim, self.input_dim, self.hidden, activation)
-        self.discriminator: Discriminator | None = self._make_discriminator()
+        self.encoder = self._make_encoder()
+        self.decoder = MLPDecoder(self.code_dim, self.input_dim, self.hidden, activation)
+        self.discriminator: nn.Module | None = self._make_discriminator()
 
-    def _make_discriminator(self) -> Discriminator | None:
+    @property
+    def code_dim(self) -> int:
+        """Width of what the decoder takes (L here)."""
+        return self.latent_dim
+
+    def _make_encoder(self) -> nn.Module:
+        if self.encoder_kind == "gaussian":
+            return GaussianEncoder(MLPTrunk(self.input_dim, self.hidden, self.activation),
+                                   self.latent_dim)
+        return _DeterministicEncoder(self.input_dim, self.latent_dim, self.hidden,
+                                     self.activation)
+
+    def _make_discriminator(self) -> nn.Module | None:
         return Discriminator(self.latent_dim, self.d_hidden)
 
     # ------------------------------------------------------------------ structure
@@ -185,6 +213,7 @@ class AdversarialAutoencoder(nn.Module, LatentModel, AdversarialModel):
             "d_hidden": list(self.d_hidden),
             "activation": self.activation,
             "adversarial_weight": self.adversarial_weight,
+            "encoder": self.encoder_kind,
         }
 
     @classmethod
@@ -212,7 +241,27 @@ class AdversarialAutoencoder(nn.Module, LatentModel, AdversarialModel):
 
     # ------------------------------------------------------------------ networks
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        r"""The code :math:`E_\phi(x)`, ``(..., L)``."""
+        r"""The code :math:`E_\phi(x)` (deterministic encoder) or the mean
+        :math:`\mu_\phi(x)` of :math:`q(z \mid x)` (Gaussian), ``(..., L)``."""
+        if self.encoder_kind == "gaussian":
+            return self.encoder(x)[0]
+        return self.encoder(x)
+
+    def code_distribution(self, x: torch.Tensor) -> dist.Distribution:
+        r""":math:`q_\phi(z \mid x) = \mathcal N(\mu_\phi(x), \mathrm{diag}\,
+        \sigma^2_\phi(x))`, event shape ``(L,)`` (Gaussian encoder only)."""
+        if self.encoder_kind != "gaussian":
+            raise ValueError("code_distribution needs encoder='gaussian'; this encoder is "
+                             "deterministic (its codes are encode(x))")
+        loc, scale = self.encoder(x)
+        return dist.Normal(loc, scale).to_event(1)
+
+    def sample_codes(self, x: torch.Tensor) -> torch.Tensor:
+        r"""One draw :math:`z \sim q_\phi(z \mid x)` per row, differentiable in
+        :math:`\phi` (:math:`\mu + \sigma \odot \epsilon`, :math:`\epsilon` from the global
+        RNG); :math:`E_\phi(x)` for the deterministic encoder."""
+        if self.encoder_kind == "gaussian":
+            return self.code_distribution(x).rsample()
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -258,9 +307,10 @@ class AdversarialAutoencoder(nn.Module, LatentModel, AdversarialModel):
         return [] if self.discriminator is None else list(self.discriminator.parameters())
 
     def adversarial_draws(self, x: torch.Tensor) -> AdversarialDraws:
-        """Real: as many draws of the prior as rows; fake: the batch's codes."""
+        """Real: as many draws of the prior as rows; fake: the batch's codes
+        (:meth:`sample_codes`)."""
         real = self.prior.sample((x.shape[0],)).to(x.dtype)
-        return AdversarialDraws(real=real, fake=self.encode(x), context={})
+        return AdversarialDraws(real=real, fake=self.sample_codes(x), context={})
 
     def discriminate(self, samples: torch.Tensor) -> torch.Tensor:
         if self.discriminator is None:
@@ -268,7 +318,8 @@ class AdversarialAutoencoder(nn.Module, LatentModel, AdversarialModel):
         return self.discriminator(samples)
 
     def generator_terms(self, x: torch.Tensor, draws: AdversarialDraws) -> dict[str, torch.Tensor]:
-        r"""``reconstruction``: :math:`\frac1B \sum_i c(x_i, G(E(x_i)))`."""
+        r"""``reconstruction``: :math:`\frac1B \sum_i c(x_i, G(z_i))`, :math:`z_i` the fake
+        draws."""
         return {"reconstruction": self.reconstruction_cost(x, draws.fake).mean()}
 
 
@@ -295,7 +346,7 @@ class WassersteinAutoencoder(AdversarialAutoencoder):
     kernel_scale : float, optional
         IMQ: the base scale :math:`C = 2 L \sigma_z^2` (default from the prior's variance,
         averaged over coordinates); Gaussian: the bandwidth (default 1).
-    input_dim, latent_dim, prior, reconstruction, hidden, d_hidden, activation
+    input_dim, latent_dim, prior, reconstruction, hidden, d_hidden, activation, encoder
         As for :class:`AdversarialAutoencoder` (``reconstruction`` defaults to the paper's
         squared distance).
     """
@@ -316,6 +367,7 @@ class WassersteinAutoencoder(AdversarialAutoencoder):
         hidden: Sequence[int] | int = (256,),
         d_hidden: Sequence[int] | int = (64,),
         activation: str = "relu",
+        encoder: str = "deterministic",
     ) -> None:
         self.penalty = check_choice(penalty, "penalty", PENALTIES)
         self.kernel = check_choice(kernel, "kernel", KERNELS)
@@ -325,7 +377,7 @@ class WassersteinAutoencoder(AdversarialAutoencoder):
         super().__init__(
             input_dim, latent_dim, prior=prior, reconstruction=reconstruction, hidden=hidden,
             d_hidden=d_hidden, activation=activation,
-            adversarial_weight=self.weight if penalty == "gan" else 1.0,
+            adversarial_weight=self.weight if penalty == "gan" else 1.0, encoder=encoder,
         )
         if kernel_scale is None:
             kernel_scale = self._default_kernel_scale()
@@ -333,7 +385,7 @@ class WassersteinAutoencoder(AdversarialAutoencoder):
                                         strict_minimum=True)
         self.kernel_fn = KERNELS[self.kernel](self.kernel_scale)
 
-    def _make_discriminator(self) -> Discriminator | None:
+    def _make_discriminator(self) -> nn.Module | None:
         return Discriminator(self.latent_dim, self.d_hidden) if self.penalty == "gan" else None
 
     def _default_kernel_scale(self) -> float:

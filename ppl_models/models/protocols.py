@@ -312,7 +312,8 @@ class AdversarialModel(Protocol):
 
     @abstractmethod
     def discriminate(self, samples: torch.Tensor) -> torch.Tensor:
-        """Logits of :math:`D`, shape ``(B,)``: large for ``real``."""
+        """Logits of :math:`D`, shape ``(B,)``: large for ``real``; or ``(B, H)`` for H
+        discriminators played side by side (the step's losses average over them)."""
 
     @abstractmethod
     def generator_terms(self, x: torch.Tensor, draws: AdversarialDraws) -> dict[str, torch.Tensor]:

@@ -12,9 +12,11 @@ from typing import Any
 import pyro.distributions as dist
 
 from ppl_models.models.adversarial_autoencoder import AdversarialAutoencoder, WassersteinAutoencoder
+from ppl_models.models.clustering_aae import ClusteringAdversarialAutoencoder
 from ppl_models.models.gan import DCGAN, GAN
 from ppl_models.models.gmm import GaussianMixture
 from ppl_models.models.infogan import InfoGAN
+from ppl_models.models.labelled_aae import LabelledAdversarialAutoencoder
 from ppl_models.models.mixture import FiniteMixture
 from ppl_models.models.mixture_vae import GMVAE
 from ppl_models.models.protocols import LatentModel
@@ -39,6 +41,8 @@ MODELS: dict[str, type[LatentModel]] = {
     InfoGAN.name: InfoGAN,
     AdversarialAutoencoder.name: AdversarialAutoencoder,
     WassersteinAutoencoder.name: WassersteinAutoencoder,
+    ClusteringAdversarialAutoencoder.name: ClusteringAdversarialAutoencoder,
+    LabelledAdversarialAutoencoder.name: LabelledAdversarialAutoencoder,
 }
 
 

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ppl_models._shared.checks import check_float, check_int
+from ppl_models.infer.checkpoint import MAY_GROW
 from ppl_models.infer.trainer.steps import objectives
 
 __all__ = ["TrainerConfig"]
@@ -70,6 +71,17 @@ class TrainerConfig:
             check_float(self.time_limit, "time_limit", minimum=0, strict_minimum=True)
 
     def compared(self) -> dict[str, Any]:
-        """The fields a resumed fit must share with its checkpoint, as plain values."""
+        """The fields a resumed fit must share with its checkpoint, as plain values.
+
+        With constant learning rates (``lr_decay=1``) nothing in an epoch depends on
+        ``num_epochs`` (the KL warm-up counts epochs from the start), so the first E epochs of
+        a longer fit are those of a fit of E epochs: ``num_epochs`` is then listed under
+        :data:`~ppl_models.infer.checkpoint.MAY_GROW`, and a resume may extend the fit. With
+        a decay the schedule spreads over ``num_epochs``, which must stay the same.
+        """
         values = asdict(self)
-        return {f.name: values[f.name] for f in fields(self) if f.metadata.get("compare", True)}
+        compared = {f.name: values[f.name] for f in fields(self)
+                    if f.metadata.get("compare", True)}
+        if self.lr_decay == 1:
+            compared[MAY_GROW] = ["num_epochs"]
+        return compared
