@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from quality_checks import assert_sample_quality
 
 import ppl_models.infer
 from ppl_models.cli import main
@@ -62,6 +63,8 @@ def test_each_model_writes_its_files_and_finite_losses(tmp_path, capsys, model):
         assert metrics["g_loss"] > 0  # non-saturating: E softplus(-logit) > 0
     else:
         assert metrics["d_loss"] is None and metrics["g_loss"] is None
+    assert_sample_quality(metrics["sample_quality"], n_test=297)
+    assert (out / "classifier.pt").is_file()
 
 
 def _imq(a: np.ndarray, b: np.ndarray, base: float) -> np.ndarray:

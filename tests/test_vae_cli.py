@@ -18,6 +18,7 @@ import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+from quality_checks import assert_sample_quality
 
 from ppl_models.cli import main
 from ppl_models.cli.fit_vae import PRIORS as VAE_PRIORS
@@ -118,6 +119,7 @@ def test_fit_vae_on_digits_writes_metrics_checkpoint_and_plots(tmp_path, capsys,
     assert metrics["epoch_seconds"] > 0
     for key in ("test_elbo", "test_log_likelihood"):
         assert math.isfinite(metrics[key]), key
+    assert_sample_quality(metrics["sample_quality"], n_test=297)
 
     # Independent reference for the test ELBO: Pyro's own estimator on the restored model.
     model = _restore(metrics, out)

@@ -35,6 +35,7 @@ from ppl_models.cli.arguments import (
     show_defaults,
 )
 from ppl_models.cli.output import output_folder
+from ppl_models.cli.quality_metrics import add_quality_options, quality_metrics
 
 __all__ = [
     "DEFAULTS", "MODELS", "PRIORS", "add_parser", "build_model", "code_mmd",
@@ -150,6 +151,7 @@ def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--time-limit", type=positive_float, metavar="SECONDS",
                         help="start no new epoch after this many seconds of training")
     parser.add_argument("--seed", metavar="S", type=non_negative_int, default=0)
+    add_quality_options(parser)
     add_output_options(parser, default=f"runs/{name}", resumable=True)
     parser.set_defaults(run=run, model=name)
     return show_defaults(parser)
@@ -320,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
             "checkpoint": None if checkpoint is None
             else os.path.relpath(checkpoint, staging.path),
         }
+        figures.update(quality_metrics(model, args, staging.path))
         written = [plot_samples(model, staging.path / "samples.png", seed=args.seed),
                    plot_player_losses(history, staging.path / "training_curve.png")]
         if isinstance(model, AdversarialAutoencoder):

@@ -34,6 +34,7 @@ from ppl_models.cli.arguments import (
     show_defaults,
 )
 from ppl_models.cli.output import output_folder
+from ppl_models.cli.quality_metrics import add_quality_options, quality_metrics
 
 __all__ = ["DEFAULT_DATA", "PRIORS", "add_parser", "run"]
 
@@ -118,6 +119,7 @@ def add_parser(subparsers: Any, name: str = "vae") -> argparse.ArgumentParser:
                         help="start no new epoch after this many seconds of training")
     parser.add_argument("--seed", metavar="S", type=non_negative_int, default=0)
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_quality_options(parser)
     add_output_options(parser, default="runs/vae-PRIOR", resumable=True)
     parser.set_defaults(run=run, model=name)
     return show_defaults(parser)
@@ -235,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
         figures["amortized"] = write_amortized(
             model, x_test, staging.path, particles=args.particles, seed=args.seed,
             progress=progress, plots=not args.no_plots)
+        figures.update(quality_metrics(model, args, staging.path))
         (staging.path / "metrics.json").write_text(to_json(figures))
         written = [] if args.no_plots else save_vae_plots(model, x_test, y_test, staging.path)
         if not args.no_plots:
