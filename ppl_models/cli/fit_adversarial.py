@@ -263,6 +263,11 @@ def run(args: argparse.Namespace) -> int:
     from ppl_models.models import AdversarialAutoencoder, InfoGAN
 
     resolve_options(args)
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        # only fit vae has a rank-aware command line; every rank here would write --out
+        raise ValueError(f"fit {args.model} does not run under torchrun from the command line; "
+                         "call ppl_models.infer.fit_adversarial in a script launched by "
+                         "torchrun (rank 0 writes the results)")
     out = args.out or Path("runs") / args.model
     progress = progress_of(args)
     with output_folder(out, need_bytes=NEED_BYTES, resume=args.resume,
