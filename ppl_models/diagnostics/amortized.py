@@ -91,6 +91,7 @@ from tqdm.auto import tqdm
 from ppl_models._arviz import az
 from ppl_models._shared.checks import check_int
 from ppl_models._shared.progress import show_progress
+from ppl_models.diagnostics.criteria import pareto_k_threshold
 from ppl_models.infer.result import FitResult
 from ppl_models.models import AmortizedModel
 
@@ -103,7 +104,6 @@ __all__ = [
     "amortized_diagnostics",
     "amortized_loo",
     "compare_amortized",
-    "good_khat",
     "psis_per_row",
 ]
 
@@ -121,12 +121,6 @@ MIN_PARTICLES = 21
 _EQUAL_WEIGHTS_ULPS = 64
 #: Variables of the group, in order.
 _VARIABLES = ("khat", "ess", "iwae", "elbo", "gap")
-
-
-def good_khat(num_particles: int) -> float:
-    r"""ArviZ's k-hat threshold for ``num_particles`` draws: :math:`\min(1 - 1/\log_{10} S,
-    0.7)` (Vehtari et al. 2024, section 3.2.4)."""
-    return min(1 - 1 / math.log10(num_particles), KHAT_BAD)
 
 
 def psis_per_row(log_weights: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -300,7 +294,7 @@ def _inference_data(
         "model": model.name,
         "khat_good": KHAT_GOOD,
         "khat_bad": KHAT_BAD,
-        "good_k": good_khat(k),
+        "good_k": pareto_k_threshold(k),
         "n_khat_bad": int((khat > KHAT_BAD).sum()),
         "gap_mean": float(gap.mean()),
         "gap_q05": float(np.quantile(gap, 0.05)),
@@ -336,7 +330,8 @@ def amortized_loo(idata: az.InferenceData, *, scale: str = "log") -> az.ELPDData
     ``elpd_loo`` :math:`= \sum_n \mathcal L_K(x_n)` (the ``log_likelihood`` group), ``se``
     :math:`= \sqrt{N \operatorname{Var}_n \mathcal L_K(x_n)}`, ``p_loo = 0``, ``loo_i`` the
     pointwise values, ``pareto_k`` the encoder's k-hat per observation and ``warning`` when
-    one exceeds :func:`good_khat` of K: what :func:`arviz.loo` gives for a Bayesian model,
+    one exceeds :func:`~ppl_models.diagnostics.criteria.pareto_k_threshold` of K: what
+    :func:`arviz.loo` gives for a Bayesian model,
     with the importance sampling of the code (rather than of a left-out posterior) as its
     Pareto diagnostic. See the module's description for why this, and not :func:`arviz.loo`
     on draws, is the honest elpd of a VAE (in brief: decoder and prior are point estimates,
@@ -365,7 +360,7 @@ def amortized_loo(idata: az.InferenceData, *, scale: str = "log") -> az.ELPDData
     pointwise = factor * values.isel(chain=0, draw=0, drop=True)
     n = pointwise.size
     k = int(group.attrs["num_particles"])
-    threshold = good_khat(k)
+    threshold = pareto_k_threshold(k)
     khat = group["khat"]
     return az.ELPDData(
         data=[

@@ -25,7 +25,7 @@ import guides
 from ppl_models._arviz import az
 from ppl_models.infer.result import FitResult
 
-__all__ = ["information_criteria", "n_free_parameters"]
+__all__ = ["information_criteria", "n_free_parameters", "pareto_k_threshold"]
 
 
 def n_free_parameters(result: FitResult) -> int:
@@ -83,3 +83,10 @@ def information_criteria(result: FitResult, idata: az.InferenceData | None = Non
         "loo_pareto_k_max": float(loo.pareto_k.max()),
     })
     return out
+
+
+def pareto_k_threshold(num_draws: int) -> float:
+    """Largest reliable Pareto :math:`\\hat k` for ``num_draws`` draws (or importance samples):
+    :math:`\\min(1 - 1 / \\log_{10} S, 0.7)` (Vehtari, Simpson, Gelman, Yao & Gabry, 2024,
+    "Pareto smoothed importance sampling", JMLR 25(72), §3.2.4; ArviZ's threshold)."""
+    return min(1.0 - 1.0 / math.log10(num_draws), 0.7)

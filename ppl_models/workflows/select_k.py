@@ -18,7 +18,6 @@ It is a *workflow*: it calls the drivers and the diagnostics, which never call e
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -39,6 +38,7 @@ from ppl_models._shared.jsonsafe import jsonable
 from ppl_models._shared.progress import show_progress
 from ppl_models.data import check_data
 from ppl_models.diagnostics import loo, to_inference_data
+from ppl_models.diagnostics.criteria import pareto_k_threshold
 from ppl_models.infer import FitResult, fit_em, fit_mcmc, fit_svi
 from ppl_models.models import GaussianMixture
 from ppl_models.models.mixture import COVARIANCE_TYPES
@@ -166,13 +166,6 @@ def posterior_loo(result: FitResult) -> az.ELPDData:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
         return loo(idata)
-
-
-def pareto_k_threshold(num_draws: int) -> float:
-    """Largest reliable Pareto :math:`\\hat k` for ``num_draws`` draws:
-    :math:`\\min(1 - 1 / \\log_{10} S, 0.7)` (Vehtari, Simpson, Gelman, Yao & Gabry, 2024,
-    "Pareto smoothed importance sampling", JMLR 25(72), §3.2.4; ArviZ's threshold)."""
-    return min(1.0 - 1.0 / math.log10(num_draws), 0.7)
 
 
 def _best(values: pd.Series, better: str) -> int:
