@@ -79,21 +79,21 @@ def test_kmeans_with_fewer_distinct_points_than_centres() -> None:
 def test_a_collapsed_start_is_retried_from_the_next_seeding(
     five: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The first start puts a component on one point with a tiny covariance (it collapses);
-    # the restart must be retried from the next k-means seeding and end as a clean fit.
-    real = em_module.kmeans_moments
+    # The first start puts a component on one point (its covariance is the reg_covar floor,
+    # it collapses); the restart must be retried from the next k-means seeding and end as a
+    # clean fit.
+    real = em_module.kmeans_labels
     calls = []
 
-    def first_collapses(data, k, generator, reg, **options):
+    def first_collapses(data, k, generator, **options):
         calls.append(1)
-        w, mu, cov = real(data, k, generator, reg, **options)
+        labels = real(data, k, generator, **options)
         if len(calls) == 1:
-            mu[0] = data[0]
-            cov[0] = torch.eye(2, dtype=data.dtype) * 1e-30
-            w[0] = 1e-12
-        return w, mu, cov
+            labels[labels == 0] = 1
+            labels[0] = 0
+        return labels
 
-    monkeypatch.setattr(em_module, "kmeans_moments", first_collapses)
+    monkeypatch.setattr(em_module, "kmeans_labels", first_collapses)
     x = torch.as_tensor(five)
     result = fit_em(GaussianMixture(5), x, seed=0, progress=False)
     assert len(calls) == 2

@@ -36,7 +36,7 @@ import guides
 from ppl_models._shared.checks import check_float, check_int
 from ppl_models._shared.progress import show_progress
 from ppl_models.data import check_data
-from ppl_models.infer.kmeans import kmeans_moments, kmeans_responsibilities
+from ppl_models.infer.kmeans import cluster_moments, kmeans_labels, kmeans_responsibilities
 from ppl_models.infer.regularisation import (
     check_resolution,
     collapse_causes,
@@ -47,6 +47,7 @@ from ppl_models.infer.regularisation import (
 from ppl_models.infer.result import FitResult
 from ppl_models.infer.standard_errors import compute_standard_errors
 from ppl_models.models import ClosedFormEM, FiniteMixture, LatentModel, MixtureModel
+from ppl_models.models.gmm import GaussianMixture
 
 __all__ = ["fit_em", "kmeans_plus_plus"]
 
@@ -113,6 +114,16 @@ class _ClosedForm:
     def from_params(self, params: Mapping[str, torch.Tensor]):
         _require_sites(params, self.model.global_sites(self.data.shape[1]))
         return self.model.em_state(params)
+
+    def from_labels(self, labels: torch.Tensor, k: int):
+        """The M-step from hard clusters (a k-means start): a Gaussian mixture's from its
+        prepared features, else each cluster's own moments."""
+        if isinstance(self.model, GaussianMixture):
+            state = self.model.em_start_from_labels(self._prepared, labels, self.reg_covar)
+            if state is not None:
+                return state
+        w, mu, cov = cluster_moments(self.data, labels, k, self.reg_covar)
+        return self.from_params(self.model.site_params_from_moments(w, mu, cov))
 
     def iterate(self, state) -> tuple[float, float, dict[str, torch.Tensor]]:
         """Total log-likelihood and log prior (0: maximum likelihood) at ``state``, and the
@@ -335,9 +346,8 @@ def _initial_state(engine, init, data: torch.Tensor, k: int, generator: torch.Ge
             f"init={init!r} needs a mixture (n_components, initial_params); pass "
             "init={site: value} for the model's global sites"
         )
-    if init == "kmeans" and isinstance(engine, _ClosedForm):  # moments without (N, K) resp
-        w, mu, cov = kmeans_moments(data, k, generator, engine.reg_covar)
-        return engine.from_params(engine.model.site_params_from_moments(w, mu, cov))
+    if init == "kmeans" and isinstance(engine, _ClosedForm):  # no (N, K) responsibilities
+        return engine.from_labels(kmeans_labels(data, k, generator), k)
     if init == "kmeans":
         return engine.from_resp(kmeans_responsibilities(data, k, generator))
     if init == "kmeans++":

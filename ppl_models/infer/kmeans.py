@@ -41,7 +41,14 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["KMeansFit", "kmeans", "kmeans_labels", "kmeans_moments", "kmeans_responsibilities"]
+__all__ = [
+    "KMeansFit",
+    "cluster_moments",
+    "kmeans",
+    "kmeans_labels",
+    "kmeans_moments",
+    "kmeans_responsibilities",
+]
 
 #: Defaults (chosen by measurement, see benchmarks/RESULTS.md, "EM end to end").
 N_INIT = 3
@@ -332,7 +339,15 @@ def kmeans_moments(
     reg : Tensor (D,) or float
         Added to every covariance diagonal.
     """
-    labels = kmeans_labels(data, k, generator, **options)
+    return cluster_moments(data, kmeans_labels(data, k, generator, **options), k, reg)
+
+
+def cluster_moments(
+    data: torch.Tensor, labels: torch.Tensor, k: int, reg: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weights, means and covariances ``(K, D, D)`` of the clusters that ``labels`` (N,)
+    define, as :func:`kmeans_moments` computes them (each cluster centred on its own mean; an
+    empty cluster gets weight 0 and the overall moments; ``reg`` added to every diagonal)."""
     n, d = data.shape
     counts = torch.bincount(labels, minlength=k)
     clusters = data[labels.argsort()].split(counts.tolist())  # contiguous, cluster by cluster

@@ -308,8 +308,45 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
     def _em_m_step(self, prep: EMData, resp_t: torch.Tensor, reg_covar: float):
         """:meth:`m_step` from the moments ``resp.T @ features`` (same algebra, centred data);
         ``resp_t`` is the ``(K, N)`` transpose of the responsibilities."""
+        return self._em_state_from_moments(prep, resp_t @ prep.features, reg_covar)
+
+    def em_start_from_labels(
+        self, prepared: EMData, labels: torch.Tensor, reg_covar: float | torch.Tensor
+    ) -> dict[str, torch.Tensor] | None:
+        r"""The M-step from hard responsibilities (point :math:`n` wholly in component
+        ``labels[n]``, e.g. k-means clusters), as a moment-form state.
+
+        Each cluster's count, mean and covariance (:math:`w_k = N_k / N`, :math:`\mu_k`,
+        :math:`\Sigma_k = S_k / N_k + \operatorname{diag}(\epsilon)`) come from one sum of the
+        prepared quadratic features per cluster, without an ``(N, K)`` responsibility matrix.
+
+        Returns
+        -------
+        dict or None
+            ``None`` where this shortcut does not apply and the caller should compute the
+            clusters' moments directly: no prepared features, an empty cluster, or clusters too
+            narrow for the expanded quadratic form (the criterion of the fast iterations).
+        """
+        if prepared.features is None:
+            return None
+        features = prepared.features
+        with torch.no_grad():
+            moments = torch.zeros(self.n_components, features.shape[1], dtype=features.dtype)
+            moments.index_add_(0, labels, features)
+            if bool((moments[:, -1] == 0).any()):
+                return None
+            state = self._em_state_from_moments(prepared, moments, reg_covar)
+            try:
+                _, _, means_c, largest = self._em_precisions(state, prepared.centre)
+            except torch.linalg.LinAlgError:
+                return None
+            if not self._em_well_conditioned(prepared, means_c, largest):
+                return None
+        return state
+
+    def _em_state_from_moments(self, prep: EMData, moments: torch.Tensor, reg_covar):
+        """The M-step's state from the ``(K, F)`` responsibility-weighted feature sums."""
         n, d = prep.data.shape
-        moments = resp_t @ prep.features  # (K, F)
         raw = moments[:, -1]  # sum_n r_nk
         nk = raw + 10 * torch.finfo(moments.dtype).eps
         first = moments[:, prep.n_quad : prep.n_quad + d]  # sum_n r_nk (x_n - c)
