@@ -17,6 +17,7 @@ parameters returned.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -56,6 +57,22 @@ _COLLAPSE_RETRIES = 2
 
 #: Relative slack below which a drop of the objective counts as round-off, not a violation.
 _MONOTONE_SLACK = 1e-9
+
+
+class _NoBar:
+    """Stands in for a disabled progress bar (creating a tqdm bar costs a fit of 10,000 x 10
+    a few percent)."""
+
+    disable = True
+
+    def update(self, n: int = 1) -> None:
+        """Nothing to show."""
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        """Nothing to show."""
+
+
+_NO_BAR = _NoBar()
 
 
 @dataclass
@@ -104,8 +121,16 @@ class _ClosedForm:
     name = "closed_form"
     map = False
 
-    def __init__(self, model: ClosedFormEM, data: torch.Tensor, reg_covar: float) -> None:
+    def __init__(
+        self,
+        model: ClosedFormEM,
+        data: torch.Tensor,
+        reg_covar: float,
+        *,
+        data_var: torch.Tensor | None = None,
+    ) -> None:
         self.model, self.data, self.reg_covar = model, data, reg_covar
+        self.data_var = data_var  # each feature's variance, if known already
         self._prepared = model.em_prepare(data)
 
     def from_resp(self, resp: torch.Tensor):
@@ -139,7 +164,9 @@ class _ClosedForm:
         return self.model.em_params(state)
 
     def notes(self, state) -> list[str]:
-        return _collapse_notes(self.model, self.params(state), self.data, self.reg_covar, True)
+        return _collapse_notes(
+            self.model, self.params(state), self.data, self.reg_covar, True, self.data_var
+        )
 
 
 class _Generic:
@@ -154,8 +181,11 @@ class _Generic:
         objective: str,
         reg_covar: float,
         inner_steps: int,
+        *,
+        data_var: torch.Tensor | None = None,
     ) -> None:
         self.model, self.data = model, data
+        self.data_var = data_var  # each feature's variance, if known already
         self.model_fn: Callable = guides.model_callable(model)
         self.map = objective == "map"
         self.reg_covar = reg_covar
@@ -273,7 +303,7 @@ class _Generic:
         return dict(state)
 
     def notes(self, state) -> list[str]:
-        return _collapse_notes(self.model, state, self.data, self.reg_covar, False)
+        return _collapse_notes(self.model, state, self.data, self.reg_covar, False, self.data_var)
 
 
 def _require_sites(params: Mapping[str, Any], required) -> None:
@@ -282,8 +312,11 @@ def _require_sites(params: Mapping[str, Any], required) -> None:
         raise ValueError(f"init is missing the global site(s) {missing}")
 
 
-def _collapse_notes(model, params, data: torch.Tensor, reg_covar, held: bool) -> list[str]:
-    """Warnings for components that collapsed, naming the cause found (mixtures only)."""
+def _collapse_notes(
+    model, params, data: torch.Tensor, reg_covar, held: bool, data_var=None
+) -> list[str]:
+    """Warnings for components that collapsed, naming the cause found (mixtures only);
+    ``data_var``: each feature's variance (computed here if not given)."""
     if not isinstance(model, FiniteMixture):
         return []
     full = model.full_params(params, data.shape[1])
@@ -294,7 +327,7 @@ def _collapse_notes(model, params, data: torch.Tensor, reg_covar, held: bool) ->
         data.shape[0],
         reg,
         held=held,
-        data_var=feature_variance(data),
+        data_var=feature_variance(data) if data_var is None else data_var,
     )
 
 
@@ -496,6 +529,9 @@ def fit_em(
     inner_steps : int
         L-BFGS iterations of a generic M-step.
     seed : int or None
+        Seeds the starts' own generator (k-means, k-means++); the global generators (torch,
+        NumPy, ``random``, through :func:`pyro.set_rng_seed`) only where they are drawn from:
+        the generic M-step and ``init="random"`` (``None``: 0).
     dtype : torch.dtype
         Precision of the fit (float64 by default: EM's convergence test works on small
         differences).
@@ -533,11 +569,12 @@ def fit_em(
     tol = check_float(tol, "tol", minimum=0)
     reg_covar = check_float(reg_covar, "reg_covar", minimum=0)
     data = model.validate(data) if isinstance(model, LatentModel) else check_data(data)
-    check_resolution(data, columns)  # as given: float32 data near 1e8 are already rounded
     if data.dtype != dtype:
+        check_resolution(data, columns)  # as given: float32 data near 1e8 are already rounded
         data = data.to(dtype)
-        check_resolution(data, columns)  # and in the precision of the fit
-    reg = reg_covar_per_feature(data, reg_covar, reg_covar_mode)
+    variance = feature_variance(data)
+    check_resolution(data, columns, variance=variance)  # in the precision of the fit
+    reg = reg_covar_per_feature(data, reg_covar, reg_covar_mode, variance=variance)
     objective = _resolve_objective(model, objective)
     reason = (
         model.closed_form_unavailable(objective)
@@ -552,7 +589,9 @@ def fit_em(
         raise ValueError(f"m_step must be 'auto', 'closed_form' or 'generic'; got {m_step!r}")
 
     generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    pyro.set_rng_seed(0 if seed is None else int(seed))
+    if m_step == "generic" or (isinstance(init, str) and init == "random"):
+        # Pyro's models and the random start draw from the global generators.
+        pyro.set_rng_seed(0 if seed is None else int(seed))
     n = data.shape[0]
     k = model.n_components if isinstance(model, MixtureModel) else None
     progress = show_progress(progress)
@@ -562,15 +601,20 @@ def fit_em(
     shift = data.mean(0) if m_step == "closed_form" else None
     work = data if shift is None else data - shift
     if m_step == "closed_form":
-        engine = _ClosedForm(model, work, reg)
+        engine = _ClosedForm(model, work, reg, data_var=variance)
     else:
-        engine = _Generic(model, work, objective, reg, inner_steps)
+        engine = _Generic(model, work, objective, reg, inner_steps, data_var=variance)
     runs: list[_Run] = []
-    with tqdm(total=n_init * max_iter, disable=not progress, desc="EM", leave=False) as bar:
+    bar = (
+        tqdm(total=n_init * max_iter, desc="EM", leave=False)
+        if progress
+        else contextlib.nullcontext(_NO_BAR)
+    )
+    with bar as shown:
         for restart in range(n_init):
             how = init if restart == 0 or not isinstance(init, Mapping) else "kmeans"
             how = _shifted_init(how, shift)
-            run = _start_and_run(engine, how, work, k, generator, max_iter, tol, bar)
+            run = _start_and_run(engine, how, work, k, generator, max_iter, tol, shown)
             runs.append(run)
     fit_seconds = time.perf_counter() - start_time
     finite = [r for r in runs if math.isfinite(r.objective)]
