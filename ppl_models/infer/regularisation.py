@@ -103,6 +103,14 @@ def check_resolution(
     if data.shape[0] < 2:
         return
     std = (feature_variance(data) if variance is None else variance).sqrt()
+    # The largest magnitude of all has the widest spacing: if it passes for the narrowest
+    # (non-constant) feature, every feature passes (one full reduction, no per-column one).
+    low, high = torch.aminmax(data)
+    top = torch.maximum(low.abs(), high)
+    top_spacing = torch.nextafter(top, torch.full_like(top, math.inf)) - top
+    narrowest = std.masked_fill(~(std > 0), math.inf).amin()
+    if bool(top_spacing <= _MAX_RELATIVE_SPACING * narrowest):
+        return
     largest = data.abs().amax(0)
     spacing = torch.nextafter(largest, torch.full_like(largest, math.inf)) - largest
     bad = torch.nonzero((std > 0) & (spacing > _MAX_RELATIVE_SPACING * std)).flatten()
@@ -159,7 +167,8 @@ def collapse_causes(
     """
     names = list(columns) if columns else [f"feature {j}" for j in range(reg.shape[0])]
     notes: list[str] = []
-    swamped = [names[j] for j in range(reg.shape[0]) if reg[j] > 1e-2 * data_var[j]]
+    over = (reg > 1e-2 * data_var).tolist()
+    swamped = [names[j] for j in range(reg.shape[0]) if over[j]]
     if swamped:
         notes.append(
             f"components collapsed onto the regularisation: the reg_covar floor (up to "

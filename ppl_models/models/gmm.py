@@ -214,7 +214,7 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
             centre = data.mean(0)
             # Built feature by feature as rows of an (F, N) array (contiguous writes), and
             # returned as its (N, F) transpose: the products with it are as fast either way.
-            xt = (data - centre).T.contiguous()  # (D, N)
+            xt = torch.sub(data.T, centre.unsqueeze(1), out=torch.empty(d, n, dtype=data.dtype))
             max_sq = float(xt.square().sum(0).max())
             if n * (n_quad + d + 1) > max(2 * n * self.n_components * d, _MAX_FEATURES):
                 return EMData(data, centre, None, n_quad, max_sq)
