@@ -163,10 +163,10 @@ class _ClosedForm:
     def params(self, state) -> dict[str, torch.Tensor]:
         return self.model.em_params(state)
 
-    def notes(self, state) -> list[str]:
-        return _collapse_notes(
-            self.model, self.params(state), self.data, self.reg_covar, True, self.data_var
-        )
+    def notes(self, state, params: Mapping[str, torch.Tensor] | None = None) -> list[str]:
+        """Collapse warnings at ``state`` (``params``: its site values, if known already)."""
+        params = self.params(state) if params is None else params
+        return _collapse_notes(self.model, params, self.data, self.reg_covar, True, self.data_var)
 
 
 class _Generic:
@@ -302,7 +302,8 @@ class _Generic:
     def params(self, state) -> dict[str, torch.Tensor]:
         return dict(state)
 
-    def notes(self, state) -> list[str]:
+    def notes(self, state, params: Mapping[str, torch.Tensor] | None = None) -> list[str]:
+        """Collapse warnings at ``state`` (its site values)."""
         return _collapse_notes(self.model, state, self.data, self.reg_covar, False, self.data_var)
 
 
@@ -423,11 +424,12 @@ def _run(engine, state, n: int, max_iter: int, tol: float, progress) -> _Run:
     # Final E-step: the reported objective belongs to the parameters returned.
     ll, log_prior = engine.evaluate(state)
     final = (ll + (log_prior if is_map else 0.0)) / n
-    notes = engine.notes(state)
+    params = engine.params(state)
+    notes = engine.notes(state, params)
     if not math.isfinite(final):
         notes.append("the objective is not finite at the returned parameters")
     return _Run(
-        params=engine.params(state),
+        params=params,
         history=history,
         log_likelihood=log_lik,
         converged=converged,
