@@ -18,6 +18,7 @@ parameters returned.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 import warnings
@@ -354,8 +355,14 @@ def _count_parameters(model, params: Mapping[str, torch.Tensor], data: torch.Ten
         if support is None:
             total += value.numel()
             continue
-        total += math.prod(biject_to(support).inverse_shape(value.shape))
+        total += _free_size(support, tuple(value.shape))
     return total
+
+
+@functools.lru_cache(maxsize=256)
+def _free_size(support, shape: tuple[int, ...]) -> int:
+    """Unconstrained dimension of a site of this support and shape (a transform built once)."""
+    return math.prod(biject_to(support).inverse_shape(torch.Size(shape)))
 
 
 def _resolve_objective(model, objective: str) -> str:

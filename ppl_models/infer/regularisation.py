@@ -188,11 +188,15 @@ def collapse_causes(
     if not torch.isfinite(scaled).all():
         bad = sorted({int(k) for k in torch.nonzero(~torch.isfinite(scaled))[:, 0]})
         return [*notes, f"component(s) {bad} collapsed to a non-finite covariance"]
+    symmetric = 0.5 * (scaled + scaled.mT)
+    limit = 10.0 if bool((reg > 0).all()) else 0.0
+    eye = torch.eye(symmetric.shape[-1], dtype=symmetric.dtype)
+    if not bool(torch.linalg.cholesky_ex(symmetric - limit * eye).info.any()):
+        return notes  # every eigenvalue above the limit (a Cholesky factor exists): none on it
     try:
-        smallest = torch.linalg.eigvalsh(0.5 * (scaled + scaled.mT))[..., 0]
+        smallest = torch.linalg.eigvalsh(symmetric)[..., 0]
     except torch.linalg.LinAlgError:  # too ill-conditioned to decompose: the diagonal bounds it
         smallest = torch.diagonal(scaled, dim1=-2, dim2=-1).amin(-1)
-    limit = torch.where((reg > 0).all(), 10.0, 0.0)
     on_floor = [
         int(k) for k in torch.nonzero(smallest <= limit).flatten() if int(k) not in empty
     ]
