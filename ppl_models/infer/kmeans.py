@@ -275,7 +275,8 @@ def _best_centres(
             index = torch.randperm(n, generator=generator)[:sample_size]
             sample = x[index]
         sq_sample = sample.square().sum(1)
-        threshold = tol * float(sample.var(0, unbiased=False).mean()) if n > 1 else 0.0
+        spread = (sample - sample.mean(0)).square_().mean()  # mean feature variance
+        threshold = tol * float(spread) if n > 1 else 0.0
         seeds = _seed_batch(sample, sq_sample, k, n_init, generator)
         if seeds is not None:  # every seeding at once
             centres, inertias = _lloyd_batch(sample, sq_sample, seeds, max_iter, threshold)
