@@ -212,3 +212,23 @@ def test_start_from_labels_declines_an_empty_cluster(five: np.ndarray) -> None:
     # fit_em then takes each cluster's own moments and reports the empty components
     w, _, _ = cluster_moments(x, labels, 5, 1e-6)
     assert w.tolist()[2:] == [0.0, 0.0, 0.0]
+
+
+def test_batched_lloyd_moves_empty_clusters_as_one_at_a_time() -> None:
+    # Centres far from every point leave clusters empty; each is moved to the point farthest
+    # from its own centre, in the batch exactly as in Lloyd one set at a time.
+    from ppl_models.infer import kmeans as km
+
+    x = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sets = torch.tensor(
+        [[[0.0, 0.0], [1.0, 1.0], [100.0, 100.0]],
+         [[0.0, 1.0], [50.0, 50.0], [60.0, 60.0]],
+         [[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]],
+        dtype=torch.float64,
+    )
+    sq = x.square().sum(1)
+    centres, inertias = km._lloyd_batch(x, sq, sets, 100, 1e-4)
+    for j in range(3):
+        reference, inertia = km._lloyd(x, sq, sets[j], 100, 1e-4)
+        assert torch.equal(centres[j], reference) and float(inertias[j]) == inertia
+        assert (centres[j] - x.unsqueeze(1)).square().sum(-1).argmin(1).unique().numel() == 3

@@ -182,8 +182,8 @@ def _lloyd_batch(
         labels = scores.view(n, a, k).argmin(2)  # (N, A)
         one_hot = torch.zeros(n, a * k, dtype=x.dtype).scatter_(1, labels + offsets[:, :a], 1.0)
         counts = one_hot.sum(0).view(a, k)
-        new = (one_hot.T @ x).view(a, k, d) / counts.clamp(min=1.0).unsqueeze(2)
-        if not bool(counts.all()):  # an empty cluster: moved to the farthest point
+        new = (one_hot.T @ x).view(a, k, d) / counts.unsqueeze(2)
+        if not bool(counts.all()):  # an empty cluster (0 / 0 above): to the farthest point
             for i in torch.nonzero((counts == 0).any(1)).flatten().tolist():
                 empty = torch.nonzero(counts[i] == 0).flatten()
                 own = (x - current[i][labels[:, i]]).square().sum(1)
