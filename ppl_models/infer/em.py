@@ -166,6 +166,17 @@ class _ClosedForm:
 
     def notes(self, state, params: Mapping[str, torch.Tensor] | None = None) -> list[str]:
         """Collapse warnings at ``state`` (``params``: its site values, if known already)."""
+        if isinstance(self.model, GaussianMixture) and self.model.covariance_type == "full":
+            # The state holds the covariances and weights already (no site round trip).
+            n, d = self.data.shape
+            return collapse_causes(
+                state["covariances"],
+                state["weights"],
+                n,
+                torch.as_tensor(self.reg_covar, dtype=self.data.dtype).expand(d),
+                held=True,
+                data_var=feature_variance(self.data) if self.data_var is None else self.data_var,
+            )
         params = self.params(state) if params is None else params
         return _collapse_notes(self.model, params, self.data, self.reg_covar, True, self.data_var)
 
