@@ -709,3 +709,22 @@ def test_init_missing_a_site_refused(small_data, kind, m_step, init) -> None:
     model = GaussianMixture(2, "diag") if kind == "gmm" else StudentTMixture(2, "diag")
     with pytest.raises(ValueError, match="missing"):
         fit_em(model, small_data, init=init, m_step=m_step)
+
+
+@pytest.mark.parametrize("offset, spread, refused", [(0.0, 1e-6, False), (1e4, 1e-10, True)])
+def test_resolution_check_per_feature_beside_a_wide_feature(offset, spread, refused) -> None:
+    # Feature 0 near 1e8 (spread 1e3) has the widest float64 spacing of all; whether feature 1
+    # is resolved is decided by its own spacing (NumPy's np.spacing), not by feature 0's.
+    from ppl_models.infer.regularisation import check_resolution
+
+    rng = np.random.default_rng(0)
+    x = np.stack([1e8 + 1e3 * rng.normal(size=500), offset + spread * rng.normal(size=500)], 1)
+    expected = [
+        np.spacing(np.abs(x[:, j]).max()) > 1e-3 * x[:, j].std() for j in range(2)
+    ]
+    assert expected == [False, refused]
+    if refused:
+        with pytest.raises(ValueError, match=r"^feature 1: .*spaced"):
+            check_resolution(torch.as_tensor(x))
+    else:
+        check_resolution(torch.as_tensor(x))

@@ -10,7 +10,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from ppl_models.infer import em as em_module
 from ppl_models.infer import fit_em
-from ppl_models.infer.kmeans import kmeans, kmeans_moments
+from ppl_models.infer.kmeans import cluster_moments, kmeans, kmeans_labels, kmeans_moments
 from ppl_models.models import GaussianMixture
 
 CENTRES = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0], [8.0, 8.0], [4.0, 16.0]])
@@ -79,21 +79,21 @@ def test_kmeans_with_fewer_distinct_points_than_centres() -> None:
 def test_a_collapsed_start_is_retried_from_the_next_seeding(
     five: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The first start puts a component on one point with a tiny covariance (it collapses);
-    # the restart must be retried from the next k-means seeding and end as a clean fit.
-    real = em_module.kmeans_moments
+    # The first start puts a component on one point (its covariance is the reg_covar floor,
+    # it collapses); the restart must be retried from the next k-means seeding and end as a
+    # clean fit.
+    real = em_module.kmeans_labels
     calls = []
 
-    def first_collapses(data, k, generator, reg, **options):
+    def first_collapses(data, k, generator, **options):
         calls.append(1)
-        w, mu, cov = real(data, k, generator, reg, **options)
+        labels = real(data, k, generator, **options)
         if len(calls) == 1:
-            mu[0] = data[0]
-            cov[0] = torch.eye(2, dtype=data.dtype) * 1e-30
-            w[0] = 1e-12
-        return w, mu, cov
+            labels[labels == 0] = 1
+            labels[0] = 0
+        return labels
 
-    monkeypatch.setattr(em_module, "kmeans_moments", first_collapses)
+    monkeypatch.setattr(em_module, "kmeans_labels", first_collapses)
     x = torch.as_tensor(five)
     result = fit_em(GaussianMixture(5), x, seed=0, progress=False)
     assert len(calls) == 2
@@ -138,3 +138,98 @@ def test_greedy_seeding_puts_one_seed_in_each_separated_cluster(five: np.ndarray
         nearest = [int((x - c).square().sum(1).argmin()) for c in fit.centres]
         covered += len({int(truth[i]) for i in nearest}) == 5
     assert covered >= 45
+
+
+# ------------------------------------------------------------------ the fast start's pieces
+@pytest.mark.parametrize("n_init", [1, 3, 5])
+@pytest.mark.parametrize("data", ["five", "uniform"])
+def test_batched_seedings_equal_one_seeding_at_a_time(
+    five: np.ndarray, n_init: int, data: str
+) -> None:
+    # kmeans runs every seeding at once; the reference is the one-at-a-time algorithm
+    # (k-means++ seeding, then Lloyd until the centres move less than tol, best inertia),
+    # which must give the very same centres, seed after seed. On uniform data (no clusters)
+    # Lloyd stops on tol before a fixed point, so when each seeding stops matters.
+    from ppl_models.infer import kmeans as km
+
+    uniform = np.random.default_rng(5).uniform(size=(5000, 2))
+    x = torch.as_tensor(five if data == "five" else uniform)
+    for seed in range(8):
+        gen = torch.Generator().manual_seed(seed)
+        xc = x - x.mean(0)
+        sample = xc[torch.randperm(len(x), generator=gen)[:2000]]
+        sq = sample.square().sum(1)
+        tol = 1e-4 * float(sample.var(0, unbiased=False).mean())
+        best = None
+        for _ in range(n_init):
+            centres, inertia = km._lloyd(sample, sq, km._seed(sample, sq, 5, gen), 100, tol)
+            if best is None or inertia < best[1]:
+                best = (centres, inertia)
+        fit = kmeans(x, 5, torch.Generator().manual_seed(seed), n_init=n_init)
+        assert torch.equal(fit.centres, best[0] + x.mean(0))
+
+
+def test_kmeans_labels_are_kmeans_labels(five: np.ndarray) -> None:
+    x = torch.as_tensor(five)
+    for seed in range(4):
+        fit = kmeans(x, 5, torch.Generator().manual_seed(seed))
+        labels = kmeans_labels(x, 5, torch.Generator().manual_seed(seed))
+        brute = torch.stack([(x - c).square().sum(1) for c in fit.centres], 1).argmin(1)
+        assert torch.equal(labels, brute) and torch.equal(labels, fit.labels)
+
+
+@pytest.mark.parametrize("cov", ["full", "diag", "spherical"])
+def test_start_from_labels_is_the_clusters_moments(five: np.ndarray, cov: str) -> None:
+    # The start EM takes from k-means labels (sums of the prepared quadratic features)
+    # against each cluster's weight, mean and covariance computed by NumPy.
+    rng = np.random.default_rng(0)
+    data = five @ rng.normal(size=(2, 2)) + 100.0  # correlated, off-centre
+    labels = torch.as_tensor(rng.integers(0, 5, size=len(data)))
+    reg = np.array([1e-3, 2e-3])
+    model = GaussianMixture(5, cov)
+    state = model.em_start_from_labels(
+        model.em_prepare(torch.as_tensor(data)), labels, torch.as_tensor(reg)
+    )
+    assert state is not None
+    for j in range(5):
+        members = data[labels.numpy() == j]
+        assert float(state["weights"][j]) == pytest.approx(len(members) / len(data), rel=1e-12)
+        np.testing.assert_allclose(state["locs"][j].numpy(), members.mean(0), rtol=1e-12)
+        expected = np.cov(members.T, bias=True) + np.diag(reg)
+        if cov == "diag":
+            expected = np.diag(expected)
+        elif cov == "spherical":
+            expected = np.diag(expected).mean()
+        np.testing.assert_allclose(state["covariances"][j].numpy(), expected, rtol=1e-9)
+
+
+def test_start_from_labels_declines_an_empty_cluster(five: np.ndarray) -> None:
+    x = torch.as_tensor(five)
+    labels = torch.zeros(len(x), dtype=torch.long)
+    labels[len(x) // 2 :] = 1  # clusters 2..4 empty
+    model = GaussianMixture(5)
+    assert model.em_start_from_labels(model.em_prepare(x), labels, 1e-6) is None
+    # fit_em then takes each cluster's own moments and reports the empty components
+    w, _, _ = cluster_moments(x, labels, 5, 1e-6)
+    assert w.tolist()[2:] == [0.0, 0.0, 0.0]
+
+
+def test_batched_lloyd_moves_empty_clusters_as_one_at_a_time() -> None:
+    # Centres far from every point leave clusters empty; each is moved to the point farthest
+    # from its own centre, in the batch exactly as in Lloyd one set at a time.
+    from ppl_models.infer import kmeans as km
+
+    x = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sets = torch.tensor(
+        [[[0.0, 0.0], [1.0, 1.0], [100.0, 100.0]],
+         [[0.0, 1.0], [50.0, 50.0], [60.0, 60.0]],
+         [[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]],
+        dtype=torch.float64,
+    )
+    sq = x.square().sum(1)
+    centres, inertias = km._lloyd_batch(x, sq, sets, 100, 1e-4)
+    for j in range(3):
+        reference, inertia = km._lloyd(x, sq, sets[j], 100, 1e-4)
+        assert torch.equal(centres[j], reference)
+        assert float(inertias[j]) == pytest.approx(inertia, rel=1e-12)
+        assert (centres[j] - x.unsqueeze(1)).square().sum(-1).argmin(1).unique().numel() == 3

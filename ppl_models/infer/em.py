@@ -17,6 +17,8 @@ parameters returned.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 import warnings
@@ -36,7 +38,7 @@ import guides
 from ppl_models._shared.checks import check_float, check_int
 from ppl_models._shared.progress import show_progress
 from ppl_models.data import check_data
-from ppl_models.infer.kmeans import kmeans_moments, kmeans_responsibilities
+from ppl_models.infer.kmeans import cluster_moments, kmeans_labels, kmeans_responsibilities
 from ppl_models.infer.regularisation import (
     check_resolution,
     collapse_causes,
@@ -47,6 +49,7 @@ from ppl_models.infer.regularisation import (
 from ppl_models.infer.result import FitResult
 from ppl_models.infer.standard_errors import compute_standard_errors
 from ppl_models.models import ClosedFormEM, FiniteMixture, LatentModel, MixtureModel
+from ppl_models.models.gmm import GaussianMixture
 
 __all__ = ["fit_em", "kmeans_plus_plus"]
 
@@ -55,6 +58,22 @@ _COLLAPSE_RETRIES = 2
 
 #: Relative slack below which a drop of the objective counts as round-off, not a violation.
 _MONOTONE_SLACK = 1e-9
+
+
+class _NoBar:
+    """Stands in for a disabled progress bar (creating a tqdm bar costs a fit of 10,000 x 10
+    a few percent)."""
+
+    disable = True
+
+    def update(self, n: int = 1) -> None:
+        """Nothing to show."""
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        """Nothing to show."""
+
+
+_NO_BAR = _NoBar()
 
 
 @dataclass
@@ -103,8 +122,16 @@ class _ClosedForm:
     name = "closed_form"
     map = False
 
-    def __init__(self, model: ClosedFormEM, data: torch.Tensor, reg_covar: float) -> None:
+    def __init__(
+        self,
+        model: ClosedFormEM,
+        data: torch.Tensor,
+        reg_covar: float,
+        *,
+        data_var: torch.Tensor | None = None,
+    ) -> None:
         self.model, self.data, self.reg_covar = model, data, reg_covar
+        self.data_var = data_var  # each feature's variance, if known already
         self._prepared = model.em_prepare(data)
 
     def from_resp(self, resp: torch.Tensor):
@@ -113,6 +140,16 @@ class _ClosedForm:
     def from_params(self, params: Mapping[str, torch.Tensor]):
         _require_sites(params, self.model.global_sites(self.data.shape[1]))
         return self.model.em_state(params)
+
+    def from_labels(self, labels: torch.Tensor, k: int):
+        """The M-step from hard clusters (a k-means start): a Gaussian mixture's from its
+        prepared features, else each cluster's own moments."""
+        if isinstance(self.model, GaussianMixture):
+            state = self.model.em_start_from_labels(self._prepared, labels, self.reg_covar)
+            if state is not None:
+                return state
+        w, mu, cov = cluster_moments(self.data, labels, k, self.reg_covar)
+        return self.from_params(self.model.site_params_from_moments(w, mu, cov))
 
     def iterate(self, state) -> tuple[float, float, dict[str, torch.Tensor]]:
         """Total log-likelihood and log prior (0: maximum likelihood) at ``state``, and the
@@ -127,8 +164,21 @@ class _ClosedForm:
     def params(self, state) -> dict[str, torch.Tensor]:
         return self.model.em_params(state)
 
-    def notes(self, state) -> list[str]:
-        return _collapse_notes(self.model, self.params(state), self.data, self.reg_covar, True)
+    def notes(self, state, params: Mapping[str, torch.Tensor] | None = None) -> list[str]:
+        """Collapse warnings at ``state`` (``params``: its site values, if known already)."""
+        if isinstance(self.model, GaussianMixture) and self.model.covariance_type == "full":
+            # The state holds the covariances and weights already (no site round trip).
+            n, d = self.data.shape
+            return collapse_causes(
+                state["covariances"],
+                state["weights"],
+                n,
+                torch.as_tensor(self.reg_covar, dtype=self.data.dtype).expand(d),
+                held=True,
+                data_var=feature_variance(self.data) if self.data_var is None else self.data_var,
+            )
+        params = self.params(state) if params is None else params
+        return _collapse_notes(self.model, params, self.data, self.reg_covar, True, self.data_var)
 
 
 class _Generic:
@@ -143,8 +193,11 @@ class _Generic:
         objective: str,
         reg_covar: float,
         inner_steps: int,
+        *,
+        data_var: torch.Tensor | None = None,
     ) -> None:
         self.model, self.data = model, data
+        self.data_var = data_var  # each feature's variance, if known already
         self.model_fn: Callable = guides.model_callable(model)
         self.map = objective == "map"
         self.reg_covar = reg_covar
@@ -261,8 +314,9 @@ class _Generic:
     def params(self, state) -> dict[str, torch.Tensor]:
         return dict(state)
 
-    def notes(self, state) -> list[str]:
-        return _collapse_notes(self.model, state, self.data, self.reg_covar, False)
+    def notes(self, state, params: Mapping[str, torch.Tensor] | None = None) -> list[str]:
+        """Collapse warnings at ``state`` (its site values)."""
+        return _collapse_notes(self.model, state, self.data, self.reg_covar, False, self.data_var)
 
 
 def _require_sites(params: Mapping[str, Any], required) -> None:
@@ -271,8 +325,11 @@ def _require_sites(params: Mapping[str, Any], required) -> None:
         raise ValueError(f"init is missing the global site(s) {missing}")
 
 
-def _collapse_notes(model, params, data: torch.Tensor, reg_covar, held: bool) -> list[str]:
-    """Warnings for components that collapsed, naming the cause found (mixtures only)."""
+def _collapse_notes(
+    model, params, data: torch.Tensor, reg_covar, held: bool, data_var=None
+) -> list[str]:
+    """Warnings for components that collapsed, naming the cause found (mixtures only);
+    ``data_var``: each feature's variance (computed here if not given)."""
     if not isinstance(model, FiniteMixture):
         return []
     full = model.full_params(params, data.shape[1])
@@ -283,7 +340,7 @@ def _collapse_notes(model, params, data: torch.Tensor, reg_covar, held: bool) ->
         data.shape[0],
         reg,
         held=held,
-        data_var=feature_variance(data),
+        data_var=feature_variance(data) if data_var is None else data_var,
     )
 
 
@@ -309,8 +366,14 @@ def _count_parameters(model, params: Mapping[str, torch.Tensor], data: torch.Ten
         if support is None:
             total += value.numel()
             continue
-        total += math.prod(biject_to(support).inverse_shape(value.shape))
+        total += _free_size(support, tuple(value.shape))
     return total
+
+
+@functools.lru_cache(maxsize=256)
+def _free_size(support, shape: tuple[int, ...]) -> int:
+    """Unconstrained dimension of a site of this support and shape (a transform built once)."""
+    return math.prod(biject_to(support).inverse_shape(torch.Size(shape)))
 
 
 def _resolve_objective(model, objective: str) -> str:
@@ -318,7 +381,9 @@ def _resolve_objective(model, objective: str) -> str:
         raise ValueError(f"objective must be 'auto', 'ml' or 'map'; got {objective!r}")
     if objective != "auto":
         return objective
-    priors = model.priors if isinstance(model, LatentModel) else {}
+    # (a mixture class first: a Protocol's isinstance walks its members, ~20 us a call)
+    latent = isinstance(model, FiniteMixture) or isinstance(model, LatentModel)
+    priors = model.priors if latent else {}
     return "map" if any(not isinstance(p, torch.Tensor) for p in priors.values()) else "ml"
 
 
@@ -335,9 +400,8 @@ def _initial_state(engine, init, data: torch.Tensor, k: int, generator: torch.Ge
             f"init={init!r} needs a mixture (n_components, initial_params); pass "
             "init={site: value} for the model's global sites"
         )
-    if init == "kmeans" and isinstance(engine, _ClosedForm):  # moments without (N, K) resp
-        w, mu, cov = kmeans_moments(data, k, generator, engine.reg_covar)
-        return engine.from_params(engine.model.site_params_from_moments(w, mu, cov))
+    if init == "kmeans" and isinstance(engine, _ClosedForm):  # no (N, K) responsibilities
+        return engine.from_labels(kmeans_labels(data, k, generator), k)
     if init == "kmeans":
         return engine.from_resp(kmeans_responsibilities(data, k, generator))
     if init == "kmeans++":
@@ -380,11 +444,12 @@ def _run(engine, state, n: int, max_iter: int, tol: float, progress) -> _Run:
     # Final E-step: the reported objective belongs to the parameters returned.
     ll, log_prior = engine.evaluate(state)
     final = (ll + (log_prior if is_map else 0.0)) / n
-    notes = engine.notes(state)
+    params = engine.params(state)
+    notes = engine.notes(state, params)
     if not math.isfinite(final):
         notes.append("the objective is not finite at the returned parameters")
     return _Run(
-        params=engine.params(state),
+        params=params,
         history=history,
         log_likelihood=log_lik,
         converged=converged,
@@ -495,6 +560,9 @@ def fit_em(
     inner_steps : int
         L-BFGS iterations of a generic M-step.
     seed : int or None
+        Seeds the starts' own generator (k-means, k-means++); the global generators (torch,
+        NumPy, ``random``, through :func:`pyro.set_rng_seed`) only where they are drawn from:
+        the generic M-step and ``init="random"`` (``None``: 0).
     dtype : torch.dtype
         Precision of the fit (float64 by default: EM's convergence test works on small
         differences).
@@ -552,16 +620,19 @@ def fit_em(
     max_iter = check_int(max_iter, "max_iter")
     tol = check_float(tol, "tol", minimum=0)
     reg_covar = check_float(reg_covar, "reg_covar", minimum=0)
-    data = model.validate(data) if isinstance(model, LatentModel) else check_data(data)
-    check_resolution(data, columns)  # as given: float32 data near 1e8 are already rounded
+    mixture = isinstance(model, FiniteMixture)  # the roles below without a Protocol walk
+    latent = mixture or isinstance(model, LatentModel)
+    data = model.validate(data) if latent else check_data(data)
     if data.dtype != dtype:
+        check_resolution(data, columns)  # as given: float32 data near 1e8 are already rounded
         data = data.to(dtype)
-        check_resolution(data, columns)  # and in the precision of the fit
-    reg = reg_covar_per_feature(data, reg_covar, reg_covar_mode)
+    variance = feature_variance(data)
+    check_resolution(data, columns, variance=variance)  # in the precision of the fit
+    reg = reg_covar_per_feature(data, reg_covar, reg_covar_mode, variance=variance)
     objective = _resolve_objective(model, objective)
     reason = (
         model.closed_form_unavailable(objective)
-        if isinstance(model, ClosedFormEM)
+        if isinstance(model, GaussianMixture) or isinstance(model, ClosedFormEM)
         else "the model has no closed-form M-step"
     )
     if m_step == "auto":
@@ -572,9 +643,11 @@ def fit_em(
         raise ValueError(f"m_step must be 'auto', 'closed_form' or 'generic'; got {m_step!r}")
 
     generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    pyro.set_rng_seed(0 if seed is None else int(seed))
+    if m_step == "generic" or (isinstance(init, str) and init == "random"):
+        # Pyro's models and the random start draw from the global generators.
+        pyro.set_rng_seed(0 if seed is None else int(seed))
     n = data.shape[0]
-    k = model.n_components if isinstance(model, MixtureModel) else None
+    k = model.n_components if mixture or isinstance(model, MixtureModel) else None
     progress = show_progress(progress)
     start_time = time.perf_counter()
     # Closed-form ML iterations run on centred data (exactly the same likelihood): the
@@ -582,15 +655,20 @@ def fit_em(
     shift = data.mean(0) if m_step == "closed_form" else None
     work = data if shift is None else data - shift
     if m_step == "closed_form":
-        engine = _ClosedForm(model, work, reg)
+        engine = _ClosedForm(model, work, reg, data_var=variance)
     else:
-        engine = _Generic(model, work, objective, reg, inner_steps)
+        engine = _Generic(model, work, objective, reg, inner_steps, data_var=variance)
     runs: list[_Run] = []
-    with tqdm(total=n_init * max_iter, disable=not progress, desc="EM", leave=False) as bar:
+    bar = (
+        tqdm(total=n_init * max_iter, desc="EM", leave=False)
+        if progress
+        else contextlib.nullcontext(_NO_BAR)
+    )
+    with bar as shown:
         for restart in range(n_init):
             how = init if restart == 0 or not isinstance(init, Mapping) else "kmeans"
             how = _shifted_init(how, shift)
-            run = _start_and_run(engine, how, work, k, generator, max_iter, tol, bar)
+            run = _start_and_run(engine, how, work, k, generator, max_iter, tol, shown)
             runs.append(run)
     fit_seconds = time.perf_counter() - start_time
     finite = [r for r in runs if math.isfinite(r.objective)]

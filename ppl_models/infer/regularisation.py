@@ -42,7 +42,9 @@ def feature_variance(data: torch.Tensor) -> torch.Tensor:
     return (data - data.mean(0)).square_().mean(0)
 
 
-def reg_covar_per_feature(data: torch.Tensor, reg_covar: float, mode: str) -> torch.Tensor:
+def reg_covar_per_feature(
+    data: torch.Tensor, reg_covar: float, mode: str, *, variance: torch.Tensor | None = None
+) -> torch.Tensor:
     r"""The diagonal term :math:`\epsilon_d` added to every covariance, shape ``(D,)``.
 
     Parameters
@@ -52,6 +54,8 @@ def reg_covar_per_feature(data: torch.Tensor, reg_covar: float, mode: str) -> to
         Non-negative.
     mode : {"relative", "absolute"}
         ``relative``: ``reg_covar`` times each feature's variance; ``absolute``: ``reg_covar``.
+    variance : Tensor (D,), optional
+        :func:`feature_variance` of ``data`` when the caller has it already.
 
     Raises
     ------
@@ -64,7 +68,7 @@ def reg_covar_per_feature(data: torch.Tensor, reg_covar: float, mode: str) -> to
     d = data.shape[1]
     if mode == "absolute":
         return torch.full((d,), float(reg_covar), dtype=data.dtype)
-    var = feature_variance(data)
+    var = feature_variance(data) if variance is None else variance
     constant = [int(j) for j in torch.nonzero(~(var > 0)).flatten()]
     if constant and reg_covar > 0:
         raise ValueError(
@@ -75,13 +79,21 @@ def reg_covar_per_feature(data: torch.Tensor, reg_covar: float, mode: str) -> to
     return reg_covar * var
 
 
-def check_resolution(data: torch.Tensor, columns: Sequence[str] | None = None) -> None:
+def check_resolution(
+    data: torch.Tensor,
+    columns: Sequence[str] | None = None,
+    *,
+    variance: torch.Tensor | None = None,
+) -> None:
     """Refuse data whose spread the floating-point grid cannot resolve.
 
     Values near :math:`10^8` are 8 apart in float32: a feature with a spread of 1 there is
     rounded onto a few grid points and the fit reports a likelihood that belongs to the grid,
     not to the data. A feature is refused when the spacing of representable values at its
     largest magnitude exceeds ``1e-3`` of its standard deviation.
+
+    ``variance``, if given, is :func:`feature_variance` of ``data`` (computed once by a caller
+    that needs it too).
 
     Raises
     ------
@@ -90,7 +102,15 @@ def check_resolution(data: torch.Tensor, columns: Sequence[str] | None = None) -
     """
     if data.shape[0] < 2:
         return
-    std = feature_variance(data).sqrt()
+    std = (feature_variance(data) if variance is None else variance).sqrt()
+    # The largest magnitude of all has the widest spacing: if it passes for the narrowest
+    # (non-constant) feature, every feature passes (one full reduction, no per-column one).
+    low, high = torch.aminmax(data)
+    top = torch.maximum(low.abs(), high)
+    top_spacing = torch.nextafter(top, torch.full_like(top, math.inf)) - top
+    narrowest = std.masked_fill(~(std > 0), math.inf).amin()
+    if bool(top_spacing <= _MAX_RELATIVE_SPACING * narrowest):
+        return
     largest = data.abs().amax(0)
     spacing = torch.nextafter(largest, torch.full_like(largest, math.inf)) - largest
     bad = torch.nonzero((std > 0) & (spacing > _MAX_RELATIVE_SPACING * std)).flatten()
@@ -147,7 +167,8 @@ def collapse_causes(
     """
     names = list(columns) if columns else [f"feature {j}" for j in range(reg.shape[0])]
     notes: list[str] = []
-    swamped = [names[j] for j in range(reg.shape[0]) if reg[j] > 1e-2 * data_var[j]]
+    over = (reg > 1e-2 * data_var).tolist()
+    swamped = [names[j] for j in range(reg.shape[0]) if over[j]]
     if swamped:
         notes.append(
             f"components collapsed onto the regularisation: the reg_covar floor (up to "
@@ -167,11 +188,15 @@ def collapse_causes(
     if not torch.isfinite(scaled).all():
         bad = sorted({int(k) for k in torch.nonzero(~torch.isfinite(scaled))[:, 0]})
         return [*notes, f"component(s) {bad} collapsed to a non-finite covariance"]
+    symmetric = 0.5 * (scaled + scaled.mT)
+    limit = 10.0 if bool((reg > 0).all()) else 0.0
+    eye = torch.eye(symmetric.shape[-1], dtype=symmetric.dtype)
+    if not bool(torch.linalg.cholesky_ex(symmetric - limit * eye).info.any()):
+        return notes  # every eigenvalue above the limit (a Cholesky factor exists): none on it
     try:
-        smallest = torch.linalg.eigvalsh(0.5 * (scaled + scaled.mT))[..., 0]
+        smallest = torch.linalg.eigvalsh(symmetric)[..., 0]
     except torch.linalg.LinAlgError:  # too ill-conditioned to decompose: the diagonal bounds it
         smallest = torch.diagonal(scaled, dim1=-2, dim2=-1).amin(-1)
-    limit = torch.where((reg > 0).all(), 10.0, 0.0)
     on_floor = [
         int(k) for k in torch.nonzero(smallest <= limit).flatten() if int(k) not in empty
     ]

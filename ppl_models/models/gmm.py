@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -24,6 +25,15 @@ _CANCELLATION_LIMIT = 1e5 * torch.finfo(torch.float64).eps
 #: built; beyond it only if no larger than twice the exact path's ``(K, N, D)`` temporaries
 #: (so large full-covariance problems with D above ~4K use the exact path).
 _MAX_FEATURES = 1 << 25
+
+
+@functools.cache
+def _upper_triangle(d: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row and column indices of the upper triangle of a ``(d, d)`` matrix (the order of the
+    quadratic features), and the quadratic form's coefficient of each: -1/2 on the diagonal,
+    -1 off it (each off-diagonal pair appears once)."""
+    rows, cols = torch.triu_indices(d, d)
+    return rows, cols, torch.where(rows == cols, -0.5, -1.0).to(dtype)
 
 
 class EMData(NamedTuple):
@@ -202,20 +212,23 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
         n_quad = d * (d + 1) // 2 if self.covariance_type == "full" else d
         with torch.no_grad():
             centre = data.mean(0)
-            xc = data - centre
-            max_sq = float(xc.square().sum(1).max())
+            # Built feature by feature as rows of an (F, N) array (contiguous writes), and
+            # returned as its (N, F) transpose: the products with it are as fast either way.
+            xt = torch.sub(data.T, centre.unsqueeze(1), out=torch.empty(d, n, dtype=data.dtype))
+            max_sq = float(xt.square().sum(0).max())
             if n * (n_quad + d + 1) > max(2 * n * self.n_components * d, _MAX_FEATURES):
                 return EMData(data, centre, None, n_quad, max_sq)
-            features = torch.empty(n, n_quad + d + 1, dtype=data.dtype)
+            rows = torch.empty(n_quad + d + 1, n, dtype=data.dtype)
             if self.covariance_type == "full":
                 col = 0
                 for i in range(d):
-                    torch.mul(xc[:, i : i + 1], xc[:, i:], out=features[:, col : col + d - i])
+                    torch.mul(xt[i : i + 1], xt[i:], out=rows[col : col + d - i])
                     col += d - i
             else:
-                torch.square(xc, out=features[:, :d])
-            features[:, n_quad : n_quad + d] = xc
-            features[:, -1] = 1.0
+                torch.square(xt, out=rows[:d])
+            rows[n_quad : n_quad + d] = xt
+            rows[-1] = 1.0
+            features = rows.T
         return EMData(data, centre, features, n_quad, max_sq)
 
     def _em_precisions(self, state: Mapping[str, torch.Tensor], centre: torch.Tensor):
@@ -251,8 +264,8 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
         d = means_c.shape[1]
         if self.covariance_type == "full":
             lin = (prec @ means_c.unsqueeze(-1)).squeeze(-1)  # (K, D)
-            rows, cols = torch.triu_indices(d, d)
-            quad = prec[:, rows, cols] * torch.where(rows == cols, -0.5, -1.0).to(prec.dtype)
+            rows, cols, half = _upper_triangle(d, prec.dtype)
+            quad = prec[:, rows, cols] * half
         else:
             lin = prec * means_c
             quad = -0.5 * prec
@@ -308,8 +321,45 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
     def _em_m_step(self, prep: EMData, resp_t: torch.Tensor, reg_covar: float):
         """:meth:`m_step` from the moments ``resp.T @ features`` (same algebra, centred data);
         ``resp_t`` is the ``(K, N)`` transpose of the responsibilities."""
+        return self._em_state_from_moments(prep, resp_t @ prep.features, reg_covar)
+
+    def em_start_from_labels(
+        self, prepared: EMData, labels: torch.Tensor, reg_covar: float | torch.Tensor
+    ) -> dict[str, torch.Tensor] | None:
+        r"""The M-step from hard responsibilities (point :math:`n` wholly in component
+        ``labels[n]``, e.g. k-means clusters), as a moment-form state.
+
+        Each cluster's count, mean and covariance (:math:`w_k = N_k / N`, :math:`\mu_k`,
+        :math:`\Sigma_k = S_k / N_k + \operatorname{diag}(\epsilon)`) come from one sum of the
+        prepared quadratic features per cluster, without an ``(N, K)`` responsibility matrix.
+
+        Returns
+        -------
+        dict or None
+            ``None`` where this shortcut does not apply and the caller should compute the
+            clusters' moments directly: no prepared features, an empty cluster, or clusters too
+            narrow for the expanded quadratic form (the criterion of the fast iterations).
+        """
+        if prepared.features is None:
+            return None
+        features = prepared.features
+        with torch.no_grad():
+            one_hot = torch.zeros(self.n_components, features.shape[0], dtype=features.dtype)
+            moments = one_hot.scatter_(0, labels.unsqueeze(0), 1.0) @ features  # (K, F)
+            if bool((moments[:, -1] == 0).any()):
+                return None
+            state = self._em_state_from_moments(prepared, moments, reg_covar)
+            try:
+                _, _, means_c, largest = self._em_precisions(state, prepared.centre)
+            except torch.linalg.LinAlgError:
+                return None
+            if not self._em_well_conditioned(prepared, means_c, largest):
+                return None
+        return state
+
+    def _em_state_from_moments(self, prep: EMData, moments: torch.Tensor, reg_covar):
+        """The M-step's state from the ``(K, F)`` responsibility-weighted feature sums."""
         n, d = prep.data.shape
-        moments = resp_t @ prep.features  # (K, F)
         raw = moments[:, -1]  # sum_n r_nk
         nk = raw + 10 * torch.finfo(moments.dtype).eps
         first = moments[:, prep.n_quad : prep.n_quad + d]  # sum_n r_nk (x_n - c)
@@ -318,7 +368,7 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
         shift = means - prep.centre  # mu_k - c
         # sum_n r (x - mu)(x - mu)^T = S2 - S1 m^T - m S1^T + R m m^T (x, m centred at c)
         if self.covariance_type == "full":
-            rows, cols = torch.triu_indices(d, d)
+            rows, cols, _ = _upper_triangle(d, moments.dtype)
             second = torch.empty(moments.shape[0], d, d, dtype=moments.dtype)
             second[:, rows, cols] = moments[:, : prep.n_quad]
             second[:, cols, rows] = moments[:, : prep.n_quad]
