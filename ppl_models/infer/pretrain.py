@@ -6,9 +6,9 @@ exactly (:class:`~ppl_models.models.GMVAE` with ``conditional_encoder=False``):
 1. **Pretraining**: ``pretrain_epochs`` epochs of the encoder and the decoder as a
    stochastic autoencoder, :math:`\max \sum_n \mathbb E_{q_\phi(z \mid x_n)}
    \log p_\theta(x_n \mid z)` (the ``autoencoder`` step of
-   :mod:`ppl_models.infer.clustering_steps`; VaDE's is deterministic, see there why not). Without it the
-   codes of an untrained encoder carry no cluster structure, and a mixture started on them
-   (or at random) merges clusters for good.
+   :mod:`ppl_models.infer.clustering_steps`; VaDE's is deterministic, see there why not).
+   Without it the codes of an untrained encoder carry no cluster structure, and a mixture
+   started on them (or at random) merges clusters for good.
 2. **EM start**: a diagonal Gaussian mixture fitted by EM (``n_init`` restarts) to the codes
    :math:`\mu_\phi(x_n)` sets the prior's means, scales and weights
    (:func:`~ppl_models.infer.init_prior_from_codes`); optionally
@@ -79,7 +79,7 @@ def widen_components(model: GMVAE, data: torch.Tensor, *, batch_size: int = 1000
         total = torch.zeros_like(prior.locs, dtype=torch.float64)
         weight = torch.zeros(prior.n_components, dtype=torch.float64)
         for i in range(0, data.shape[0], batch_size):
-            loc, scale = model.encoder(data[i : i + batch_size])
+            _, scale = model.encoder(data[i : i + batch_size])
             r = torch.softmax(model.label_posterior_logits(data[i : i + batch_size]), -1)
             total += r.double().T @ scale.double().pow(2)
             weight += r.double().sum(0)
