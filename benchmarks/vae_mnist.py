@@ -174,8 +174,9 @@ def _train(model: VAE, x: torch.Tensor, x_valid: torch.Tensor,
         pre = result.info.get("pretrain") or {}
         pretrain_seconds = pre.get("seconds", 0.0)
         if result.info.get("stage") == "pretrain":
-            return {"epochs": 0, "finished": False, "train_seconds": pretrain_seconds,
-                    "pretrain": pre}
+            return {"epochs": 0, "schedule_epochs": epochs, "finished": False,
+                    "train_seconds": pretrain_seconds, "pretrain": pre,
+                    "stage": f"pretraining, {pre.get('epochs')} of {args.pretrain_epochs}"}
     else:
         result = fit_svi(model, x, num_epochs=epochs,
                          kl_warmup_epochs=min(warmup, epochs - 1), **common)
@@ -268,7 +269,8 @@ def main() -> None:
             (Path(args.checkpoint_dir) / prior).mkdir(parents=True, exist_ok=True)
         row = {"prior": prior, "seed": args.seed, **_train(model, x_train, x_valid, args, prior)}
         if not row["finished"] and not args.score_unfinished:
-            print(f"{prior}: {row['epochs']} of {row.get('schedule_epochs')} epochs so far "
+            print(f"{prior}: {row.get('stage', 'training')}: {row['epochs']} of "
+                  f"{row.get('schedule_epochs')} epochs so far "
                   f"(best validation ELBO {row.get('valid_elbo')}); not scored: continue "
                   "with --resume", flush=True)
             rows.append(row)
