@@ -81,8 +81,12 @@ def _vamp(input_dim: int, args: argparse.Namespace, options: dict) -> Any:
 def _gmvae(input_dim: int, args: argparse.Namespace, options: dict) -> Any:
     from ppl_models.models import GMVAE
 
+    # free bits and balance shape only the training objective: a model rebuilt from a
+    # namespace without them (to load a checkpoint) has the same structure
+    given = vars(args)
     return GMVAE(input_dim, args.latent_dim, args.components, conditional_encoder=False,
-                 free_bits=args.free_bits, balance_weight=args.balance, **options)
+                 free_bits=given.get("free_bits", 0.0),
+                 balance_weight=given.get("balance", 0.0), **options)
 
 
 #: ``--prior`` -> builder(input_dim, args, options) -> model.
