@@ -1,7 +1,9 @@
 r"""Test log-likelihood of the VAE family on binarized MNIST, beside the published figures.
 
 For each prior of ``--priors`` (``standard``, ``mog``, ``vamp``, ``gmvae``; also ``gmvae-qz``,
-the GMVAE with :math:`q(z \mid x)` and the exact :math:`p(y \mid z)`) the script trains
+the GMVAE with :math:`q(z \mid x)` and the exact :math:`p(y \mid z)` trained as the other
+priors are, and ``gmvae-qzy``, the GMVAE with :math:`q(y \mid x) q(z \mid x, y)`) the
+script trains
 a VAE on the ``train`` split of the fixed binarization of Larochelle & Murray (2011) (an
 ``.npz`` with ``train``, ``valid``, ``test`` and, optionally, ``test_labels``) by minibatch SVI
 for as many epochs as ``--time-budget`` seconds hold (estimated from one epoch on a tenth of
@@ -17,6 +19,16 @@ since a fixed binarization overfits). It then reports:
 * for the mixture priors, the unsupervised clustering accuracy (Hungarian matching) of the
   model's cluster assignment against ``test_labels`` on all 10000 test images (the GMVAE:
   :math:`\arg\max_y q(y \mid x)`, K = ``--components``).
+
+``gmvae`` is VaDE's recipe (:func:`ppl_models.infer.fit_clustering_vae`, label summed out
+exactly): ``--pretrain-epochs`` of autoencoder pretraining, the mixture started by EM on the
+codes, then ``--epochs`` of the ELBO, with its own ``--gmvae-hidden``, ``--gmvae-latent-dim``
+and ``--gmvae-lr``. With ``--checkpoint-dir DIR --epochs N`` every epoch is checkpointed (the
+trainer's checkpoints, ``DIR/PRIOR/``), the best validation state kept in
+``DIR/PRIOR/best.pt``, and ``--resume`` continues: ``--time-budget`` then bounds each session,
+so that a long schedule (the VampPrior paper's) can be spread over several runs. A run is
+scored on the test set once it has finished its ``--epochs`` (or, marked as interim, with
+``--score-unfinished``).
 
 Published figures on this data set (MLP encoders/decoders, 40-d code, hundreds of epochs with
 warm-up): standard VAE about -89.9 nats and VampPrior about -85.6 nats (Tomczak & Welling
