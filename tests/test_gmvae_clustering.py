@@ -129,3 +129,55 @@ def test_assignments_follow_the_exact_label_posterior():
         loc = model.encoder(x)[0]
     expected = _label_posterior_scipy(model, loc).argmax(1)
     assert np.array_equal(assign_clusters(model, x).numpy(), expected)
+
+
+def _rings(n: int, seed: int, radii=(0.5, 1.25, 2.0), noise: float = 0.01):
+    """8 x 8 grey images on three concentric rings of one plane of pixel space.
+
+    Image n is :math:`0.5 + r_{y_n} (\\cos t_n\\, u + \\sin t_n\\, v)` plus a little noise,
+    with u, v the unit-norm cosine and sine gratings of one diagonal frequency and a uniform
+    phase :math:`t_n`: the class is the grating's contrast, the phase is a nuisance. Every
+    class surrounds the same mean image (uniform grey), so no hyperplane separates them and
+    k-means, whose clusters are the cells of their means, cannot find them.
+    """
+    g = np.random.default_rng(seed)
+    i, j = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+    u, v = np.cos(2 * np.pi * (i + j) / 8).ravel(), np.sin(2 * np.pi * (i + j) / 8).ravel()
+    u, v = u / np.linalg.norm(u), v / np.linalg.norm(v)
+    y = g.integers(0, len(radii), n)
+    t = g.uniform(0, 2 * np.pi, n)
+    r = np.asarray(radii)[y][:, None]
+    x = 0.5 + r * (np.cos(t)[:, None] * u + np.sin(t)[:, None] * v)
+    x = np.clip(x + noise * g.standard_normal(x.shape), 0, 1)
+    return torch.tensor(x, dtype=torch.float32), y
+
+
+def test_gmvae_with_merged_components_finds_rings_that_kmeans_and_hyperplanes_cannot():
+    from sklearn.linear_model import LogisticRegression
+
+    from ppl_models.diagnostics.merge_components import merge_components, merged_clusters
+
+    x, y = _rings(900, seed=0)
+    x_test, y_test = _rings(450, seed=1)
+    # independent references: not linearly separable (a supervised linear classifier fails),
+    # and k-means on the pixels fails
+    linear = LogisticRegression(max_iter=3000).fit(x.numpy(), y).score(x_test.numpy(), y_test)
+    assert linear < 0.6
+    kmeans = KMeans(3, n_init=10, random_state=0).fit(x.numpy())
+    kmeans_accuracy = cluster_accuracy(kmeans.predict(x_test.numpy()), y_test)
+    assert kmeans_accuracy < 0.6
+    # the recipe's defaults (no free bits, no balance term), 45 components merged into 3
+    torch.manual_seed(0)
+    model = GMVAE(64, 2, 45, likelihood="gaussian", conditional_encoder=False, hidden=(64,))
+    fit_clustering_vae(model, x, pretrain_epochs=30, num_epochs=10, batch_size=50, seed=0)
+    merge = merge_components(model, x, 3)
+    assert sorted(set(merge.tolist())) == [0, 1, 2]
+    accuracy = cluster_accuracy(merged_clusters(model, x_test, merge), y_test)
+    assert accuracy >= 0.95, (accuracy, kmeans_accuracy)
+
+
+def test_merging_refuses_more_clusters_than_labels():
+    from ppl_models.diagnostics.merge_components import merge_components
+
+    with pytest.raises(ValueError, match="at most the model's 4 labels"):
+        merge_components(_model(), _data(), 5)
