@@ -181,3 +181,29 @@ def test_merging_refuses_more_clusters_than_labels():
 
     with pytest.raises(ValueError, match="at most the model's 4 labels"):
         merge_components(_model(), _data(), 5)
+
+
+def test_clustering_step_without_extra_terms_is_pyros_traceenum_elbo():
+    # lr = 0 keeps the networks fixed; the same batch and noise for both steps, and Pyro
+    # sums the label out by enumeration on its own
+    import pyro
+    from pyro.infer import TraceEnum_ELBO
+
+    from ppl_models.infer.trainer import STEPS, StepInputs
+
+    model, x = _model(), _data()
+    rows = torch.arange(x.shape[0])
+    losses, steps = {}, {}
+    for name in ("clustering", "pyro"):
+        pyro.clear_param_store()
+        inputs = StepInputs(model, model.model, model.guide, TraceEnum_ELBO(max_plate_nesting=1),
+                            None, (), 0.0, 1.0, 1)
+        steps[name] = step = STEPS[name](inputs)
+        step.prepare(x, n_obs=400, subsample=rows)
+        torch.manual_seed(11)
+        losses[name] = step(x, n_obs=400, subsample=rows)
+    assert losses["clustering"] == pytest.approx(losses["pyro"], rel=1e-5)
+    model.balance_weight = 1.0  # the extra term moves it away
+    torch.manual_seed(11)
+    moved = steps["clustering"](x, n_obs=400, subsample=rows)
+    assert moved != pytest.approx(losses["pyro"], rel=1e-5)
