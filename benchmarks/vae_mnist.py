@@ -1,7 +1,9 @@
 r"""Test log-likelihood of the VAE family on binarized MNIST, beside the published figures.
 
 For each prior of ``--priors`` (``standard``, ``mog``, ``vamp``, ``gmvae``; also ``gmvae-qz``,
-the GMVAE with :math:`q(z \mid x)` and the exact :math:`p(y \mid z)`) the script trains
+the GMVAE with :math:`q(z \mid x)` and the exact :math:`p(y \mid z)` trained as the other
+priors are, and ``gmvae-qzy``, the GMVAE with :math:`q(y \mid x) q(z \mid x, y)`) the
+script trains
 a VAE on the ``train`` split of the fixed binarization of Larochelle & Murray (2011) (an
 ``.npz`` with ``train``, ``valid``, ``test`` and, optionally, ``test_labels``) by minibatch SVI
 for as many epochs as ``--time-budget`` seconds hold (estimated from one epoch on a tenth of
@@ -17,6 +19,16 @@ since a fixed binarization overfits). It then reports:
 * for the mixture priors, the unsupervised clustering accuracy (Hungarian matching) of the
   model's cluster assignment against ``test_labels`` on all 10000 test images (the GMVAE:
   :math:`\arg\max_y q(y \mid x)`, K = ``--components``).
+
+``gmvae`` is VaDE's recipe (:func:`ppl_models.infer.fit_clustering_vae`, label summed out
+exactly): ``--pretrain-epochs`` of autoencoder pretraining, the mixture started by EM on the
+codes, then ``--epochs`` of the ELBO, with its own ``--gmvae-hidden``, ``--gmvae-latent-dim``
+and ``--gmvae-lr``. With ``--checkpoint-dir DIR --epochs N`` every epoch is checkpointed (the
+trainer's checkpoints, ``DIR/PRIOR/``), the best validation state kept in
+``DIR/PRIOR/best.pt``, and ``--resume`` continues: ``--time-budget`` then bounds each session,
+so that a long schedule (the VampPrior paper's) can be spread over several runs. A run is
+scored on the test set once it has finished its ``--epochs`` (or, marked as interim, with
+``--score-unfinished``).
 
 Published figures on this data set (MLP encoders/decoders, 40-d code, hundreds of epochs with
 warm-up): standard VAE about -89.9 nats and VampPrior about -85.6 nats (Tomczak & Welling
@@ -47,6 +59,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -55,6 +68,7 @@ from ppl_models.diagnostics import assign_clusters, cluster_accuracy
 from ppl_models.images import load_images
 from ppl_models.infer import (
     elbo_terms,
+    fit_clustering_vae,
     fit_svi,
     init_prior_from_codes,
     log_marginal_likelihood,
@@ -71,8 +85,9 @@ BUILDERS: dict[str, Callable[[int, tuple[int, ...], int], VAE]] = {
     "standard": lambda L, h, k: VAE(784, L, hidden=h),
     "mog": lambda L, h, k: VAE(784, L, hidden=h, prior=MixtureOfGaussiansPrior(k)),
     "vamp": lambda L, h, k: VAE(784, L, hidden=h, prior=VampPrior(500)),
-    "gmvae": lambda L, h, k: GMVAE(784, L, k, hidden=h),
+    "gmvae": lambda L, h, k: GMVAE(784, L, k, hidden=h, conditional_encoder=False),
     "gmvae-qz": lambda L, h, k: GMVAE(784, L, k, hidden=h, conditional_encoder=False),
+    "gmvae-qzy": lambda L, h, k: GMVAE(784, L, k, hidden=h, conditional_encoder=True),
 }
 
 
@@ -88,26 +103,43 @@ def _widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _best_file(args: argparse.Namespace, prior: str) -> Path | None:
+    return None if args.checkpoint_dir is None else Path(args.checkpoint_dir) / prior / "best.pt"
+
+
 def _train(model: VAE, x: torch.Tensor, x_valid: torch.Tensor,
-           args: argparse.Namespace) -> dict:
+           args: argparse.Namespace, prior: str) -> dict:
     """Train within the budget, keeping the state with the best validation ELBO.
 
     One ``fit_svi`` call (Adam and the learning-rate schedule run over the whole fit). The
-    number of epochs is set from one probe epoch on a tenth of the data (a copy of the model,
-    thrown away) and ``time_limit`` stops the fit if the machine turns out slower. Every
-    ``--validate-every`` epochs the ELBO of the validation split is computed; the state with
-    the best one is restored at the end (early stopping, as the papers do: a fixed binarization
-    overfits).
+    number of epochs is ``--epochs`` or, without it, set from one probe epoch on a tenth of
+    the data (a copy of the model, thrown away), and ``time_limit`` stops the fit if the
+    machine turns out slower. Every ``--validate-every`` epochs the ELBO of the validation
+    split is computed; the state with the best one is restored at the end (early stopping, as
+    the papers do: a fixed binarization overfits).
+
+    ``gmvae`` is the clustering recipe of :func:`ppl_models.infer.fit_clustering_vae`:
+    ``--pretrain-epochs`` of autoencoder pretraining, the EM start of the mixture on the
+    codes, then ``--epochs`` of the GMVAE's ELBO (label summed out exactly).
 
     With ``--init-from-codes N`` and a mixture prior over a single code per image (``mog``,
     ``gmvae-qz``), the first N epochs are a separate fit, after which the prior's components
     are set by EM on the codes (:func:`ppl_models.infer.init_prior_from_codes`, as VaDE
     does); the main fit then has the rest of the budget and no warm-up.
+
+    With ``--checkpoint-dir`` every epoch is checkpointed (``DIR/PRIOR/``) and the best
+    validation state is kept in ``DIR/PRIOR/best.pt``; ``--resume`` continues the run, and
+    ``--time-budget`` then bounds this session, so that a long schedule can be spread over
+    several runs. Only a run that has finished its ``--epochs`` is scored on the test set,
+    unless ``--score-unfinished`` is given.
     """
     budget, warmup, pretrain_seconds = args.time_budget, args.kl_warmup, 0.0
+    folder = None if args.checkpoint_dir is None else Path(args.checkpoint_dir) / prior
+    best_file = _best_file(args, prior)
+    if folder is not None and not args.epochs:
+        raise SystemExit("--checkpoint-dir needs --epochs (the schedule a resumed run follows)")
     if args.init_from_codes and isinstance(model.prior, MixtureOfGaussiansPrior) and not (
-        getattr(model, "conditional_encoder", False)
-    ):
+        isinstance(model, GMVAE) and model.conditional_encoder) and prior != "gmvae":
         start = time.perf_counter()
         fit_svi(model, x, batch_size=args.batch_size, num_epochs=args.init_from_codes,
                 kl_warmup_epochs=min(warmup, args.init_from_codes - 1), seed=args.seed,
@@ -127,6 +159,8 @@ def _train(model: VAE, x: torch.Tensor, x_valid: torch.Tensor,
         epochs = max(1, int(budget // epoch_estimate))
         print(f"  about {epoch_estimate:.1f} s per epoch: {epochs} epochs", flush=True)
     best = {"elbo": -math.inf, "epoch": 0, "state": None}
+    if args.resume and best_file is not None and best_file.exists():
+        best.update(torch.load(best_file, weights_only=True))
 
     def validate(epoch: int, history: dict, force: bool = False) -> None:
         if epoch % args.validate_every and epoch != epochs and not force:
@@ -136,20 +170,40 @@ def _train(model: VAE, x: torch.Tensor, x_valid: torch.Tensor,
         model.train()
         if value > best["elbo"]:
             best.update(elbo=value, epoch=epoch, state=copy.deepcopy(model.state_dict()))
+            if best_file is not None:
+                torch.save(best, best_file)
         print(f"  epoch {epoch}: validation ELBO {value:.2f} (best {best['elbo']:.2f} at "
               f"{best['epoch']})", flush=True)
 
-    result = fit_svi(model, x, batch_size=args.batch_size, num_epochs=epochs,
-                     kl_warmup_epochs=min(warmup, epochs - 1), seed=args.seed,
-                     progress=False, callback=validate,
-                     time_limit=None if args.epochs else max(budget, 1.0))
-    if result.n_iter != best["epoch"] and result.n_iter % args.validate_every:
+    limit = budget if (args.epochs is None or folder is not None) else None
+    common = dict(batch_size=args.batch_size, seed=args.seed, progress=False,
+                  callback=validate, time_limit=None if limit is None else max(limit, 1.0),
+                  checkpoint_dir=folder, resume=args.resume and folder is not None)
+    if prior == "gmvae":
+        result = fit_clustering_vae(
+            model, x, pretrain_epochs=args.pretrain_epochs, num_epochs=epochs,
+            lr=args.gmvae_lr, kl_warmup_epochs=min(warmup, epochs - 1), **common)
+        pre = result.info.get("pretrain") or {}
+        pretrain_seconds = pre.get("seconds", 0.0)
+        if result.info.get("stage") == "pretrain":
+            return {"epochs": 0, "schedule_epochs": epochs, "finished": False,
+                    "train_seconds": pretrain_seconds, "pretrain": pre,
+                    "stage": f"pretraining, {pre.get('epochs')} of {args.pretrain_epochs}"}
+    else:
+        result = fit_svi(model, x, num_epochs=epochs,
+                         kl_warmup_epochs=min(warmup, epochs - 1), **common)
+    finished = result.n_iter >= epochs
+    if finished and result.n_iter != best["epoch"] and result.n_iter % args.validate_every:
         validate(result.n_iter, result.history, force=True)  # score the last state too
-    model.load_state_dict(best["state"])
-    return {"epochs": result.n_iter, "best_epoch": best["epoch"],
-            "train_seconds": result.fit_seconds + pretrain_seconds,
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    return {"epochs": result.n_iter, "schedule_epochs": epochs, "finished": finished,
+            "best_epoch": best["epoch"],
+            "train_seconds": sum(result.info.get("epoch_seconds", [])) + pretrain_seconds,
             "pretrain_seconds": pretrain_seconds, "valid_elbo": best["elbo"],
-            "train_elbo": result.history["elbo"][-1]}
+            "train_elbo": result.history["elbo"][-1],
+            "pretrain": result.info.get("pretrain"),
+            "em_log_likelihood": result.info.get("em_log_likelihood")}
 
 
 def _test_subset(x: torch.Tensor, size: int, seed: int) -> torch.Tensor:
@@ -182,6 +236,21 @@ def main() -> None:
     parser.add_argument("--init-from-codes", type=int, default=0, metavar="N",
                         help="mog, gmvae-qz: N epochs, then the prior's components from EM on "
                              "the codes (VaDE's start); 0 = off")
+    parser.add_argument("--pretrain-epochs", type=int, default=20,
+                        help="gmvae: epochs of autoencoder pretraining before the EM start")
+    parser.add_argument("--gmvae-hidden", type=_widths, default=(500, 500),
+                        help="gmvae: hidden widths (default 500,500; VaDE's are 500,500,2000)")
+    parser.add_argument("--gmvae-latent-dim", type=int, default=10,
+                        help="gmvae: size of the code (VaDE's 10)")
+    parser.add_argument("--gmvae-lr", type=float, default=2e-3,
+                        help="gmvae: Adam's rate after the pretraining (decayed to a tenth)")
+    parser.add_argument("--checkpoint-dir",
+                        help="checkpoint every epoch into DIR/PRIOR (needs --epochs)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the runs in --checkpoint-dir")
+    parser.add_argument("--score-unfinished", action="store_true",
+                        help="score the best validation state of a run that has not finished "
+                             "its --epochs (an interim figure, marked as such)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
@@ -203,9 +272,22 @@ def main() -> None:
     rows = []
     for prior in priors:
         torch.manual_seed(args.seed)
-        model = BUILDERS[prior](args.latent_dim, args.hidden, args.components)
+        if prior == "gmvae":
+            model = BUILDERS[prior](args.gmvae_latent_dim, args.gmvae_hidden, args.components)
+        else:
+            model = BUILDERS[prior](args.latent_dim, args.hidden, args.components)
         print(f"{prior}:", flush=True)
-        row = {"prior": prior, **_train(model, x_train, x_valid, args)}
+        if args.checkpoint_dir is not None:
+            (Path(args.checkpoint_dir) / prior).mkdir(parents=True, exist_ok=True)
+        row = {"prior": prior, "seed": args.seed, **_train(model, x_train, x_valid, args, prior)}
+        if not row["finished"] and not args.score_unfinished:
+            print(f"{prior}: {row.get('stage', 'training')}: {row['epochs']} of "
+                  f"{row.get('schedule_epochs')} epochs so far "
+                  f"(best validation ELBO {row.get('valid_elbo')}); not scored: continue "
+                  "with --resume", flush=True)
+            rows.append(row)
+            _write(args, rows)
+            continue
         model.eval()
         start = time.perf_counter()
         row["test_elbo"] = elbo_terms(model, x_test)["elbo"]
@@ -234,9 +316,13 @@ def main() -> None:
               f"ELBO {row['test_elbo']:.2f}, log p(x) >= {loglik:.2f} "
               f"(SE {row['test_log_likelihood_se']:.2f}) nats{gap}{acc}; evaluation "
               f"{row['eval_seconds']:.0f} s", flush=True)
-        if args.json:
-            with open(args.json, "w") as handle:
-                handle.write(to_json({"args": vars(args), "rows": rows}))
+        _write(args, rows)
+
+
+def _write(args: argparse.Namespace, rows: list[dict]) -> None:
+    if args.json:
+        with open(args.json, "w") as handle:
+            handle.write(to_json({"args": vars(args), "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -249,7 +249,7 @@ def test_gmvae_with_ten_thousand_labels_ends_in_one_line(tmp_path, capsys, monke
     out = tmp_path / "o"
     assert main(["fit", "vae", "--prior", "gmvae", "--components", "10000", "--out", str(out),
                  "--quiet"]) == 2
-    err = _one_line_error(capsys, "10000 labels", "limit is 8.0 GB", "GMVAE encoder head")
+    err = _one_line_error(capsys, "10000 labels", "limit is 8.0 GB", "p(z | y)")
     assert "GB of memory" in err
     assert not out.exists()
 

@@ -55,6 +55,14 @@ def _independent_log_weights(model: torch.nn.Module, x: torch.Tensor, particles:
             z = q.sample((particles,))
             log_q = q.log_prob(z).sum(-1)
             log_prior = model.prior_distribution().log_prob(z)
+        elif not model.conditional_encoder:  # q(z | x); the label summed out of p(z)
+            q = Normal(*model.encoder(x))
+            z = q.sample((particles,))
+            log_q = q.log_prob(z).sum(-1)
+            locs, scales = model.prior.locs, model.prior.log_scales.exp()
+            log_pzy = Normal(locs[:, None, None], scales[:, None, None]).log_prob(z).sum(-1)
+            log_py = torch.log_softmax(model.prior.logits, -1)[:, None, None]
+            log_prior = torch.logsumexp(log_pzy + log_py, 0)
         else:
             k = model.n_clusters
             log_qy = torch.log_softmax(model.classifier(x), -1)  # (N, K)

@@ -4,10 +4,13 @@ The model is a :class:`~ppl_models.models.VAE` with a latent prior chosen by ``-
 (``standard`` :math:`\mathcal N(0, I)`; ``mog`` a learned mixture of ``--components``
 Gaussians; ``vamp`` the VampPrior with ``--components`` pseudo-inputs, Tomczak & Welling
 2018) or a :class:`~ppl_models.models.GMVAE` with ``--components`` labels summed out exactly
-(Dilokthanakul et al. 2016). It is trained by minibatch SVI (:func:`ppl_models.infer.fit_svi`)
-on the ``train`` split and scored on the ``test`` split by the ELBO and the importance-weighted
-bound of Burda et al. (2016) with ``--particles`` samples. Written into ``--out``:
-``metrics.json``, ``checkpoint/checkpoint.pt`` and the PNGs of
+(Dilokthanakul et al. 2016), in VaDE's factorisation and recipe (Jiang et al. 2017,
+:func:`ppl_models.infer.fit_clustering_vae`: ``--pretrain-epochs`` of autoencoder
+pretraining, the mixture started by EM on the codes, then the ELBO, optionally with
+``--free-bits`` and ``--balance``). It is trained by minibatch SVI
+(:func:`ppl_models.infer.fit_svi`) on the ``train`` split and scored on the ``test`` split
+by the ELBO and the importance-weighted bound of Burda et al. (2016) with ``--particles``
+samples. Written into ``--out``: ``metrics.json``, ``checkpoint/checkpoint.pt`` and the PNGs of
 :func:`ppl_models.diagnostics.save_vae_plots`.
 
 The checkpoint is written after every epoch into the partial folder beside ``--out``
@@ -46,6 +49,17 @@ DEFAULT_DATA = "digits"
 NEED_BYTES = 50_000_000
 
 
+def non_negative_float(text: str) -> float:
+    """An ``argparse`` type: a finite number of at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0; got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text}")
+    return value
+
+
 def _standard(input_dim: int, args: argparse.Namespace, options: dict) -> Any:
     from ppl_models.models import VAE
 
@@ -68,7 +82,12 @@ def _vamp(input_dim: int, args: argparse.Namespace, options: dict) -> Any:
 def _gmvae(input_dim: int, args: argparse.Namespace, options: dict) -> Any:
     from ppl_models.models import GMVAE
 
-    return GMVAE(input_dim, args.latent_dim, args.components, **options)
+    # free bits and balance shape only the training objective: a model rebuilt from a
+    # namespace without them (to load a checkpoint) has the same structure
+    given = vars(args)
+    return GMVAE(input_dim, args.latent_dim, args.components, conditional_encoder=False,
+                 free_bits=given.get("free_bits", 0.0),
+                 balance_weight=given.get("balance", 0.0), **options)
 
 
 #: ``--prior`` -> builder(input_dim, args, options) -> model.
@@ -115,6 +134,14 @@ def add_parser(subparsers: Any, name: str = "vae") -> argparse.ArgumentParser:
                         help="importance samples of the test log-likelihood (default 1000)")
     parser.add_argument("--kl-warmup", metavar="N", type=non_negative_int, default=0,
                         help="epochs of KL warm-up (default 0)")
+    parser.add_argument("--pretrain-epochs", metavar="N", type=non_negative_int, default=50,
+                        help="gmvae: epochs of autoencoder pretraining before the mixture is "
+                             "started by EM on the codes (VaDE's recipe; default 50)")
+    parser.add_argument("--free-bits", metavar="NATS", type=non_negative_float, default=0.0,
+                        help="gmvae: minimum KL of the code per image (default 0, off)")
+    parser.add_argument("--balance", metavar="W", type=non_negative_float, default=0.0,
+                        help="gmvae: weight of the entropy of the batch's cluster shares "
+                             "(default 0, off)")
     parser.add_argument("--time-limit", type=positive_float, metavar="SECONDS",
                         help="start no new epoch after this many seconds of training")
     parser.add_argument("--seed", metavar="S", type=non_negative_int, default=0)
@@ -159,7 +186,12 @@ def run(args: argparse.Namespace) -> int:
         plot_objective,
         save_vae_plots,
     )
-    from ppl_models.infer import elbo_terms, fit_svi, log_marginal_likelihood
+    from ppl_models.infer import (
+        elbo_terms,
+        fit_clustering_vae,
+        fit_svi,
+        log_marginal_likelihood,
+    )
     from ppl_models.infer.resources import check_memory, vae_memory
 
     out = args.out or Path("runs") / f"vae-{args.prior}"
@@ -177,18 +209,28 @@ def run(args: argparse.Namespace) -> int:
                   f" steps (batch {batch_size} of {x_train.shape[0]} images), then "
                   f"{args.particles} importance samples per test image", file=sys.stderr)
         with captured_warnings():
-            result = fit_svi(
-                model,
-                x_train,
-                batch_size=batch_size,
-                num_epochs=args.epochs,
-                kl_warmup_epochs=args.kl_warmup,
-                time_limit=args.time_limit,
-                checkpoint_dir=staging.checkpoint_dir,
-                seed=args.seed,
-                progress=progress,
-                resume=staging.resume,
-            )
+            if args.prior == "gmvae":
+                # VaDE's recipe: pretraining, EM start on the codes, then the ELBO
+                result = fit_clustering_vae(
+                    model, x_train, pretrain_epochs=args.pretrain_epochs,
+                    num_epochs=args.epochs, batch_size=batch_size,
+                    kl_warmup_epochs=args.kl_warmup, time_limit=args.time_limit,
+                    checkpoint_dir=staging.checkpoint_dir, seed=args.seed, progress=progress,
+                    resume=staging.resume,
+                )
+            else:
+                result = fit_svi(
+                    model,
+                    x_train,
+                    batch_size=batch_size,
+                    num_epochs=args.epochs,
+                    kl_warmup_epochs=args.kl_warmup,
+                    time_limit=args.time_limit,
+                    checkpoint_dir=staging.checkpoint_dir,
+                    seed=args.seed,
+                    progress=progress,
+                    resume=staging.resume,
+                )
         model.eval()
         terms = elbo_terms(model, x_test, seed=args.seed)
         loglik = log_marginal_likelihood(model, x_test, args.particles, seed=args.seed,
@@ -215,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
             "batch_size": batch_size,
             "n_epochs": int(result.info.get("num_epochs", result.n_iter)),
             "kl_warmup_epochs": args.kl_warmup,
+            "pretrain_epochs": args.pretrain_epochs if args.prior == "gmvae" else None,
             "time_limit": args.time_limit,
             "stopped_by": result.info.get("stopped_by"),
             "resumed": staging.resume,

@@ -5,6 +5,7 @@ from ppl_models.infer.cluster_init import init_prior_from_codes
 from ppl_models.infer.em import fit_em, kmeans_plus_plus
 from ppl_models.infer.evaluation import elbo_terms, log_marginal_likelihood
 from ppl_models.infer.mcmc import fit_mcmc
+from ppl_models.infer.pretrain import fit_clustering_vae
 from ppl_models.infer.result import FitResult
 from ppl_models.infer.standard_errors import standard_errors
 from ppl_models.infer.svi import fit_svi, load_checkpoint
@@ -15,6 +16,7 @@ __all__ = [
     "TrainerConfig",
     "elbo_terms",
     "fit_adversarial",
+    "fit_clustering_vae",
     "fit_em",
     "fit_mcmc",
     "fit_svi",
