@@ -85,20 +85,25 @@ class CollapsedPotential:
             for name in self.sites
         }
 
+    def log_joint(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        r""":math:`\log p(x, \theta)`: the priors' log densities and the collapsed
+        log-likelihood at constrained site values."""
+        total = torch.zeros((), dtype=self.data.dtype)
+        for name in self.sites:
+            total = total + self.priors[name].log_prob(values[name]).sum()
+        with pyro.validation_enabled(False):
+            log_lik = self.model.log_likelihood(self.data, dict(values))
+        return total + log_lik.sum()
+
     def log_density(self, unconstrained: Mapping[str, torch.Tensor]) -> torch.Tensor:
         r""":math:`-U(u)`: the log joint of the constrained values plus the log-Jacobians."""
-        total = torch.zeros((), dtype=self.data.dtype)
-        params = {}
+        values = {}
+        jacobian = torch.zeros((), dtype=self.data.dtype)
         for name in self.sites:
             u = unconstrained[name]
-            transform = self.transforms[name]
-            value = transform(u)
-            params[name] = value
-            jacobian = transform.log_abs_det_jacobian(u, value)
-            total = total + self.priors[name].log_prob(value).sum() + jacobian.sum()
-        with pyro.validation_enabled(False):
-            log_lik = self.model.log_likelihood(self.data, params)
-        return total + log_lik.sum()
+            values[name] = self.transforms[name](u)
+            jacobian = jacobian + self.transforms[name].log_abs_det_jacobian(u, values[name]).sum()
+        return self.log_joint(values) + jacobian
 
     def __call__(self, unconstrained: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """:math:`U(u)` (Pyro's ``potential_fn`` signature)."""
