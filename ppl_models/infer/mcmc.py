@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyro
@@ -161,7 +161,7 @@ _JOBS: list[_ChainJob] = []
 
 def _run_forked(index: int) -> _ChainOut:
     torch.set_num_threads(1)
-    return _run_chain(_JOBS[index])
+    return _run_chain(replace(_JOBS[index], progress=False))  # no interleaved progress bars
 
 
 def _available_cpus() -> int:
