@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from pyro.infer import SVI
+from pyro.infer import SVI, TraceEnum_ELBO
 from tqdm.auto import tqdm
 
 from ppl_models.infer.checkpoint import (
@@ -19,10 +19,13 @@ from ppl_models.infer.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from ppl_models.infer.collapsed_svi import CollapsedELBO, supports_guide
+from ppl_models.infer.potential import CollapsedPotential
 from ppl_models.infer.stopping import check_finite, plateau
 from ppl_models.infer.trainer.loop import TrainingRun
+from ppl_models.models import CollapsedPosterior
 
-__all__ = ["FullBatchConfig", "run_full_batch"]
+__all__ = ["FullBatchConfig", "collapsed_svi", "run_full_batch"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,22 @@ def _resume(model: Any, svi: SVI, data: torch.Tensor, fingerprint: dict,
     return _Progress(list(state["history"]["elbo"]), seconds, int(state["epoch"]))
 
 
+def collapsed_svi(model: Any, svi: SVI, data: torch.Tensor) -> SVI:
+    """``svi`` with its ``TraceEnum_ELBO`` replaced by the closed-form
+    :class:`~ppl_models.infer.collapsed_svi.CollapsedELBO` (same estimator, same draws, no
+    traces) when the model's posterior is in closed form and the guide is one it serves;
+    otherwise ``svi`` itself."""
+    elbo = getattr(svi.loss, "__self__", None)  # SVI keeps the ELBO's bound methods
+    if not (
+        isinstance(model, CollapsedPosterior)
+        and isinstance(elbo, TraceEnum_ELBO)
+        and supports_guide(svi.guide)
+    ):
+        return svi
+    loss = CollapsedELBO(CollapsedPotential(model, data), num_particles=elbo.num_particles)
+    return SVI(svi.model, svi.guide, svi.optim, loss.loss, loss_and_grads=loss.loss_and_grads)
+
+
 def run_full_batch(
     model: Any,
     svi: SVI,
@@ -87,9 +106,15 @@ def run_full_batch(
     checkpoint_every: int = 100,
     progress: bool = False,
     desc: str = "SVI",
+    collapsed: bool = True,
 ) -> TrainingRun:
     """``num_steps`` SVI steps on all of ``data``; a checkpoint every ``checkpoint_every``
-    steps and at the end when ``checkpoint`` is given (continuing the one it holds)."""
+    steps and at the end when ``checkpoint`` is given (continuing the one it holds).
+
+    With ``collapsed`` (the default) the loss is computed in closed form where
+    :func:`collapsed_svi` can (``info["loss"]`` names the loss used)."""
+    if collapsed:
+        svi = collapsed_svi(model, svi, data)
     fingerprint = {**asdict(config), **identity}
     run = _Progress([])
     if checkpoint is not None and checkpoint.resumed is not None:
@@ -119,7 +144,11 @@ def run_full_batch(
     converged = plateau(history, config.window, config.min_delta)
     if config.early_stop:
         converged = stopped_by == "early_stop"
-    info = {"stopped_by": stopped_by, "resumed_from": run.resumed_from}
+    info = {
+        "stopped_by": stopped_by,
+        "resumed_from": run.resumed_from,
+        "loss": type(getattr(svi.loss, "__self__", svi.loss)).__name__,
+    }
     if checkpoint is not None:
         info["checkpoint"] = str(checkpoint.file)
     return TrainingRun({"elbo": history}, converged, run.seconds_before + time.perf_counter()

@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyro
 import torch
 from pyro.infer import MCMC, NUTS
+from pyro.infer.mcmc.util import initialize_model
+from pyro.infer.util import is_validation_enabled
 from pyro.ops.stats import split_gelman_rubin
 from torch.distributions import biject_to
 
 import guides
+from ppl_models._shared.checks import check_choice
 from ppl_models.data import check_data
 from ppl_models.infer.init import init_strategy, initial_values
+from ppl_models.infer.potential import CollapsedPotential
 from ppl_models.infer.result import FitResult
-from ppl_models.models import CollapsedLikelihood, LatentModel
+from ppl_models.models import CollapsedLikelihood, CollapsedPosterior, LatentModel
 
-__all__ = ["SAMPLE_STATS", "fit_mcmc"]
+__all__ = ["CHAIN_METHODS", "POTENTIALS", "SAMPLE_STATS", "fit_mcmc"]
 
 #: Per-draw NUTS statistics kept in ``info["sample_stats"]``, with ArviZ's names.
 SAMPLE_STATS = ("diverging", "energy", "tree_depth", "step_size", "acceptance_rate")
@@ -72,6 +79,112 @@ class _RecordingNUTS(NUTS):
         return out
 
 
+POTENTIALS = ("auto", "closed_form", "trace")
+CHAIN_METHODS = ("auto", "sequential", "parallel")
+
+
+@dataclass(frozen=True)
+class _ChainJob:
+    """Everything one chain needs (read by forked workers from :data:`_JOBS`)."""
+
+    model_fn: Callable
+    model: Any
+    data: torch.Tensor
+    values: dict[str, torch.Tensor]
+    closed_form: bool
+    nesting: int | None
+    settings: dict[str, Any]
+    seed: int
+    validation: bool
+    progress: bool
+
+
+@dataclass(frozen=True)
+class _ChainOut:
+    draws: dict[str, torch.Tensor]
+    divergences: int
+    step_size: float
+    stats: dict[str, list[float]]
+
+
+def _run_chain(job: _ChainJob) -> _ChainOut:
+    """One NUTS chain from ``job.seed``: the same draws in any process."""
+    pyro.enable_validation(job.validation)
+    pyro.set_rng_seed(job.seed)
+    settings = job.settings
+    nuts_options = {
+        "target_accept_prob": settings["target_accept_prob"],
+        "max_tree_depth": settings["max_tree_depth"],
+    }
+    strategy = init_strategy(job.values)
+    if job.closed_form:
+        # Pyro's own starting point (same strategy, same RNG use), then the closed form.
+        initial, _, _, _ = initialize_model(
+            job.model_fn, (job.data,), max_plate_nesting=job.nesting, init_strategy=strategy
+        )
+        potential = CollapsedPotential(job.model, job.data)
+        kernel = _RecordingNUTS(potential_fn=potential, **nuts_options)
+        transforms = {name: t.inv for name, t in potential.transforms.items()}
+        mcmc_options = {"initial_params": initial, "transforms": transforms}
+    else:
+        kernel = _RecordingNUTS(
+            job.model_fn,
+            max_plate_nesting=job.nesting,
+            jit_compile=settings["jit_compile"],
+            ignore_jit_warnings=True,
+            init_strategy=strategy,
+            **nuts_options,
+        )
+        mcmc_options = {}
+    mcmc = MCMC(
+        kernel,
+        num_samples=settings["num_samples"],
+        warmup_steps=settings["warmup_steps"],
+        num_chains=1,
+        disable_progbar=not job.progress,
+        **mcmc_options,
+    )
+    mcmc.run(*(() if job.closed_form else (job.data,)))
+    diverging = mcmc.diagnostics().get("divergences", {})
+    return _ChainOut(
+        draws={k: v.detach() for k, v in mcmc.get_samples().items()},
+        divergences=sum(len(v) for v in diverging.values()),
+        step_size=float(kernel.step_size),
+        stats={name: kernel.stats[name] for name in SAMPLE_STATS},
+    )
+
+
+#: The chains of the parallel run in progress: forked workers inherit them and receive only
+#: an index, so a model need not be picklable (a user's prior may be a lambda).
+_JOBS: list[_ChainJob] = []
+
+
+def _run_forked(index: int) -> _ChainOut:
+    torch.set_num_threads(1)
+    return _run_chain(replace(_JOBS[index], progress=False))  # no interleaved progress bars
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _run_chains(jobs: list[_ChainJob], method: str) -> list[_ChainOut]:
+    """Chains one after the other, or in forked worker processes (one thread each)."""
+    workers = min(len(jobs), _available_cpus())
+    parallel = method == "parallel" or (method == "auto" and workers > 1 and len(jobs) > 1)
+    if not parallel or "fork" not in multiprocessing.get_all_start_methods():
+        return [_run_chain(job) for job in jobs]
+    _JOBS[:] = jobs
+    try:
+        with multiprocessing.get_context("fork").Pool(processes=max(workers, 1)) as pool:
+            return pool.map(_run_forked, range(len(jobs)), chunksize=1)
+    finally:
+        _JOBS.clear()
+
+
 def fit_mcmc(
     model: Any,
     data: torch.Tensor,
@@ -83,6 +196,8 @@ def fit_mcmc(
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
     jit_compile: bool = False,
+    potential: str = "auto",
+    chain_method: str = "auto",
     seed: int | None = 0,
     progress: bool | None = None,
     columns: list[str] | None = None,
@@ -91,11 +206,14 @@ def fit_mcmc(
 
     Pyro's NUTS sums the model's enumerated labels out exactly, so the chain runs on the
     continuous globals of :math:`p(\theta \mid x) \propto p(\theta) \prod_n \sum_k
-    p(x_n, z_n = k \mid \theta)`; a model with a ``marginal_model`` (the same density with
-    the sum in closed form, :class:`~ppl_models.models.CollapsedLikelihood`) is sampled
-    through that instead. Chains run one after the other,
-    each from the same starting point (``init``) with its own seed; split R-hat over chains
-    (computed before any relabelling) decides ``converged``.
+    p(x_n, z_n = k \mid \theta)`. A model whose posterior is in closed form
+    (:class:`~ppl_models.models.CollapsedPosterior`, every built-in mixture) is sampled through
+    :class:`~ppl_models.infer.potential.CollapsedPotential`, the same potential energy computed
+    without tracing the model; any other model with a ``marginal_model``
+    (:class:`~ppl_models.models.CollapsedLikelihood`) through a trace of that, and any model
+    through a trace of ``model``. Each chain starts from the same point (``init``) with its own
+    seed ``seed + chain``; split R-hat over chains (computed before any relabelling) decides
+    ``converged``.
 
     Parameters
     ----------
@@ -109,10 +227,18 @@ def fit_mcmc(
     target_accept_prob, max_tree_depth : float, int
         NUTS settings.
     jit_compile : bool
-        Trace the potential with TorchScript (faster on long runs, deprecated in torch).
+        Trace Pyro's potential with TorchScript (deprecated in torch; implies
+        ``potential="trace"``).
+    potential : {"auto", "closed_form", "trace"}
+        ``"auto"``: the closed form when the model has one, else Pyro's trace.
+    chain_method : {"auto", "sequential", "parallel"}
+        ``"parallel"`` runs the chains in forked worker processes, one thread each (as many at
+        once as there are CPUs); ``"auto"`` does so when there are several chains and CPUs.
+        Every chain gives the same draws either way.
     seed : int or None
     progress : bool or None
-        Pyro's progress bar (default: when standard error is a terminal).
+        Pyro's progress bar (default: when standard error is a terminal; sequential chains
+        only).
     columns : list of str, optional
 
     Returns
@@ -122,9 +248,10 @@ def fit_mcmc(
         posterior mean (in the unconstrained space for sites whose support is not convex,
         such as correlation Cholesky factors); ``info``: ``max_r_hat`` (``None`` with one
         chain: split R-hat across chains needs two), ``divergences``,
-        ``step_size`` per chain and ``sample_stats``: name of :data:`SAMPLE_STATS` ->
-        ``num_chains`` lists of ``num_samples`` numbers (what
-        :func:`~ppl_models.diagnostics.to_inference_data` writes as ``sample_stats``).
+        ``step_size`` per chain, ``potential`` (``"closed_form"`` or ``"trace"``) and
+        ``sample_stats``: name of :data:`SAMPLE_STATS` -> ``num_chains`` lists of
+        ``num_samples`` numbers (what :func:`~ppl_models.diagnostics.to_inference_data`
+        writes as ``sample_stats``).
     """
     for name, value in (
         ("num_samples", num_samples),
@@ -133,6 +260,15 @@ def fit_mcmc(
     ):
         if not isinstance(value, int) or value < (0 if name == "warmup_steps" else 1):
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    check_choice(potential, "potential", POTENTIALS)
+    check_choice(chain_method, "chain_method", CHAIN_METHODS)
+    if potential == "closed_form" and not isinstance(model, CollapsedPosterior):
+        raise ValueError(
+            f"potential='closed_form' needs a model with a closed-form posterior "
+            f"(CollapsedPosterior); {type(model).__name__} has none: use potential='auto'"
+        )
+    if potential == "closed_form" and jit_compile:
+        raise ValueError("jit_compile=True traces Pyro's potential: use potential='trace'")
     data = model.validate(data) if isinstance(model, LatentModel) else check_data(data)
     seed = 0 if seed is None else int(seed)
     if progress is None:
@@ -143,40 +279,36 @@ def fit_mcmc(
         model_fn = model.marginal_model
     else:
         model_fn = guides.model_callable(model)
-    nesting = model.max_plate_nesting if isinstance(model, LatentModel) else None
-    chains: list[dict[str, torch.Tensor]] = []
-    divergences: list[int] = []
-    step_sizes: list[float] = []
-    stats: dict[str, list[list[float]]] = {name: [] for name in SAMPLE_STATS}
+    closed_form = (
+        potential != "trace" and not jit_compile and isinstance(model, CollapsedPosterior)
+    )
+    settings = {
+        "num_samples": num_samples,
+        "warmup_steps": warmup_steps,
+        "target_accept_prob": target_accept_prob,
+        "max_tree_depth": max_tree_depth,
+        "jit_compile": jit_compile,
+    }
+    jobs = [
+        _ChainJob(
+            model_fn=model_fn,
+            model=model,
+            data=data,
+            values=values,
+            closed_form=closed_form,
+            nesting=model.max_plate_nesting if isinstance(model, LatentModel) else None,
+            settings=settings,
+            seed=seed + chain,
+            validation=is_validation_enabled(),
+            progress=progress,
+        )
+        for chain in range(num_chains)
+    ]
     start = time.perf_counter()
-    for chain in range(num_chains):
-        pyro.set_rng_seed(seed + chain)
-        kernel = _RecordingNUTS(
-            model_fn,
-            max_plate_nesting=nesting,
-            jit_compile=jit_compile,
-            ignore_jit_warnings=True,
-            init_strategy=init_strategy(values),
-            target_accept_prob=target_accept_prob,
-            max_tree_depth=max_tree_depth,
-        )
-        mcmc = MCMC(
-            kernel,
-            num_samples=num_samples,
-            warmup_steps=warmup_steps,
-            num_chains=1,
-            disable_progbar=not progress,
-        )
-        mcmc.run(data)
-        chains.append({k: v.detach() for k, v in mcmc.get_samples().items()})
-        diverging = mcmc.diagnostics().get("divergences", {})
-        divergences.append(sum(len(v) for v in diverging.values()))
-        step_sizes.append(float(kernel.step_size))
-        for name in SAMPLE_STATS:
-            stats[name].append(kernel.stats[name])
+    outs = _run_chains(jobs, chain_method)
     fit_seconds = time.perf_counter() - start
 
-    draws = {k: torch.stack([c[k] for c in chains]) for k in chains[0]}
+    draws = {k: torch.stack([out.draws[k] for out in outs]) for k in outs[0].draws}
     r_hat = _max_r_hat(draws) if num_chains > 1 else None
     supports = guides.global_latent_supports(model, data)
     params = {k: _posterior_centre(v, supports.get(k)) for k, v in draws.items()}
@@ -184,9 +316,10 @@ def fit_mcmc(
         "num_chains": num_chains,
         "warmup_steps": warmup_steps,
         "max_r_hat": r_hat,
-        "divergences": divergences,
-        "step_size": step_sizes,
-        "sample_stats": stats,
+        "divergences": [out.divergences for out in outs],
+        "step_size": [out.step_size for out in outs],
+        "sample_stats": {name: [out.stats[name] for out in outs] for name in SAMPLE_STATS},
+        "potential": "closed_form" if closed_form else "trace",
         "init": init if isinstance(init, str) or init is None else "values",
     }
     return FitResult(

@@ -21,7 +21,7 @@ from torch.distributions import constraints
 
 from ppl_models._shared.checks import check_choice, check_int
 from ppl_models.data import check_data
-from ppl_models.models.protocols import LatentModel, MixtureModel
+from ppl_models.models.protocols import CollapsedPosterior, LatentModel, MixtureModel
 from ppl_models.priors import PriorSpec, SiteSpec, check_priors
 
 __all__ = ["COVARIANCE_TYPES", "FiniteMixture"]
@@ -42,7 +42,7 @@ GLOBAL_SITES: dict[str, SiteSpec] = {
 }
 
 
-class FiniteMixture(LatentModel, MixtureModel):
+class FiniteMixture(LatentModel, MixtureModel, CollapsedPosterior):
     r"""Base class: a K-component mixture with an enumerated label.
 
     .. math::
@@ -214,6 +214,20 @@ class FiniteMixture(LatentModel, MixtureModel):
             batch = shape[: len(shape) - len(prior.event_shape)]
             total = total + prior.expand(batch).log_prob(params[name]).sum()
         return total
+
+    def global_priors(self, data: torch.Tensor) -> dict[str, dist.Distribution]:
+        """The prior of each latent global site over its whole value (``event_shape`` the
+        site's shape), as :meth:`model` samples it (see
+        :class:`~ppl_models.models.protocols.CollapsedPosterior`)."""
+        d = data.shape[-1]
+        shapes = self.site_shapes(d)
+        out = {}
+        for name in self.global_sites(d):
+            prior = self.prior(name, data, d)
+            shape = shapes[name]
+            batch = shape[: len(shape) - len(prior.event_shape)]
+            out[name] = prior.expand(batch).to_event(len(batch)) if batch else prior
+        return out
 
     def prior(self, name: str, data: torch.Tensor | None, n_features: int):
         """The prior in force for site ``name``: the user's, else the default."""

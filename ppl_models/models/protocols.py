@@ -14,6 +14,8 @@ role                        who needs it
 :class:`LatentModel`        every driver: a Pyro ``model(data)`` with declared structure
 :class:`CollapsedLikelihood` NUTS and guides on the collapsed density, pointwise
                             log-likelihood (LOO, information criteria), ArviZ conversion
+:class:`CollapsedPosterior`  the fast NUTS potential and collapsed SVI: the priors of the
+                            global sites as distributions beside the collapsed likelihood
 :class:`MixtureModel`       starting points, relabelling, collapsed-component warnings
 :class:`ClosedFormEM`       ``fit_em``'s closed-form iterations (E-step and M-step)
 :class:`ImportanceWeighted` IWAE bounds on held-out data
@@ -43,6 +45,7 @@ __all__ = [
     "AmortizedModel",
     "ClosedFormEM",
     "CollapsedLikelihood",
+    "CollapsedPosterior",
     "ImportanceWeighted",
     "LabelledAmortized",
     "LatentModel",
@@ -137,6 +140,29 @@ class CollapsedLikelihood(Protocol):
     ) -> dict[str, torch.Tensor]:
         """Quantities a reader wants beside the sites (e.g. a mixture's covariances), with
         the same leading batch dimensions; their dims are in :meth:`LatentModel.dims`."""
+
+
+@runtime_checkable
+class CollapsedPosterior(CollapsedLikelihood, Protocol):
+    r"""A collapsed model whose whole posterior density is in closed form.
+
+    With :meth:`global_priors` beside :meth:`~CollapsedLikelihood.log_likelihood`, the
+    unnormalised log posterior of the global sites is
+
+    .. math::
+
+        \log p(\theta, x) = \sum_s \log p_s(\theta_s) + \sum_n \log p(x_n \mid \theta),
+
+    which :mod:`ppl_models.infer.potential` turns into NUTS's potential energy and the
+    collapsed ELBO without tracing the Pyro model. It must be the density
+    :meth:`~CollapsedLikelihood.marginal_model` traces (a test checks it).
+    """
+
+    @abstractmethod
+    def global_priors(self, data: torch.Tensor) -> dict[str, dist.Distribution]:
+        """The prior of each global *latent* site (fixed sites excluded), in model order, as
+        one distribution over the site's whole value (``event_shape`` equal to the site's
+        shape, so ``log_prob`` is a scalar); its ``support`` decides the site's transform."""
 
 
 @runtime_checkable

@@ -1,0 +1,65 @@
+"""NUTS on the closed-form potential: chains in processes, and a conjugate posterior."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ppl_models.infer import fit_mcmc
+from ppl_models.models import GaussianMixture
+
+
+def _data(n=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    x[: n // 2] += 4.0
+    return x
+
+
+def test_parallel_chains_give_the_draws_of_sequential_chains():
+    x = _data()
+    model = GaussianMixture(2, "diag")
+    common = {"num_samples": 15, "warmup_steps": 15, "num_chains": 2, "progress": False}
+    sequential = fit_mcmc(model, x, chain_method="sequential", **common)
+    parallel = fit_mcmc(model, x, chain_method="parallel", **common)
+    assert sequential.info["potential"] == parallel.info["potential"] == "closed_form"
+    for site, draws in sequential.draws.items():
+        assert draws.shape[:2] == (2, 15)
+        torch.testing.assert_close(parallel.draws[site], draws, rtol=0, atol=0)
+        # two seeds, two different chains
+        assert not torch.equal(draws[0], draws[1])
+    assert parallel.info["sample_stats"] == sequential.info["sample_stats"]
+    assert parallel.info["step_size"] == sequential.info["step_size"]
+
+
+def test_closed_form_nuts_matches_a_conjugate_posterior():
+    r"""One Gaussian with a known scale: the location's posterior is Normal,
+    :math:`\mathcal N(m_n, s_n^2)` with :math:`s_n^{-2} = s_0^{-2} + n/\sigma^2` and
+    :math:`m_n = s_n^2 (m_0 / s_0^2 + \sum_i x_i / \sigma^2)` per feature."""
+    g = torch.Generator().manual_seed(3)
+    sigma = 2.0
+    x = 1.5 + sigma * torch.randn(12, 2, generator=g, dtype=torch.float64)
+    model = GaussianMixture(1, "spherical", priors={"scale": torch.tensor([sigma])})
+    result = fit_mcmc(model, x, num_samples=400, warmup_steps=200, num_chains=2,
+                      init="prior", progress=False)
+    assert result.info["potential"] == "closed_form"
+    m0, s0 = x.mean(0), 3.0 * x.std(0)  # the default location prior
+    post_var = 1.0 / (1.0 / s0**2 + x.shape[0] / sigma**2)
+    post_mean = post_var * (m0 / s0**2 + x.sum(0) / sigma**2)
+    draws = result.draws["locs"].reshape(-1, 2)
+    # 800 draws with an effective size of at least ~200: the mean within 4 Monte Carlo SEs
+    se = post_var.sqrt() / math.sqrt(200)
+    assert ((draws.mean(0) - post_mean).abs() < 4 * se).all()
+    torch.testing.assert_close(draws.std(0), post_var.sqrt(), rtol=0.15, atol=0)
+
+
+def test_bad_choices_are_refused_in_one_line():
+    x = _data()
+    with pytest.raises(ValueError, match="potential must be one of"):
+        fit_mcmc(GaussianMixture(2), x, potential="fast")
+    with pytest.raises(ValueError, match="chain_method must be one of"):
+        fit_mcmc(GaussianMixture(2), x, chain_method="vectorised")
+    with pytest.raises(ValueError, match="use potential='trace'"):
+        fit_mcmc(GaussianMixture(2), x, potential="closed_form", jit_compile=True)
