@@ -261,3 +261,16 @@ def test_cli_fits_a_memory_mapped_npy(tmp_path):
                                                            rel=1e-10)
     assert metrics["chunk_size"] == 300
     pyro.clear_param_store()
+
+
+def test_gmvae_under_torchrun_is_refused_on_every_rank(tmp_path, capsys, monkeypatch):
+    # rank 0 would run the pretraining recipe while the others ran plain SVI: refused at once,
+    # before any rank joins the process group or writes
+    for rank in ("0", "1"):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        code = main(["fit", "vae", "--prior", "gmvae", "--out", str(tmp_path / rank), "--quiet"])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert "does not run under torchrun" in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / rank).exists()

@@ -19,8 +19,14 @@ def other_rank(args: argparse.Namespace) -> bool:
     """Join the process group ``torchrun`` describes; on a rank other than 0, take part in
     the ``fit vae`` fit and return True (the caller then returns 0); False on rank 0 or in a
     single process."""
+    import os
+
     from ppl_models.infer.distributed import init_from_env, world
 
+    if args.prior == "gmvae" and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        # its pretraining, EM start and ELBO stages are not split across ranks here
+        raise ValueError("fit vae --prior gmvae does not run under torchrun; "
+                         "use --prior standard|mog|vamp, or one process")
     init_from_env()
     if world()[0] == 0:
         return False
