@@ -22,7 +22,7 @@ import functools
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,7 @@ class _Run:
     total_log_likelihood: float = math.nan  # at ``params``, labels summed out
     notes: list[str] = field(default_factory=list)
     monotone_violations: int = 0
+    iteration_seconds: list[float] = field(default_factory=list)  # EM by blocks reports them
 
 
 def kmeans_plus_plus(data: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -349,6 +350,39 @@ def _collapsed(run: _Run) -> bool:
 
 
 # --------------------------------------------------------------------------- driver
+def _best_finite_run(runs: Sequence[_Run]) -> _Run:
+    """The restart with the highest finite objective (ValueError when none is finite)."""
+    finite = [r for r in runs if math.isfinite(r.objective)]
+    if not finite:
+        raise ValueError(
+            "every EM restart ended with a non-finite log-likelihood: the data are too extreme "
+            "for this model (try fewer components, or rescale the data)"
+        )
+    return max(finite, key=lambda r: r.objective)
+
+
+def _fit_notes(best: _Run, max_iter: int, tol: float, round_off: str) -> list[str]:
+    """The best run's notes, plus non-convergence and objective decreases (``round_off``
+    says when a decrease is only round-off)."""
+    notes = list(best.notes)
+    if not best.converged:
+        notes.append(f"EM did not converge within max_iter={max_iter} (tol={tol:g})")
+    if best.monotone_violations:
+        notes.append(f"the objective decreased {best.monotone_violations} time(s); {round_off}")
+    return notes
+
+
+def _likelihood_criteria(total_ll: float, n: int, n_params: int) -> dict[str, float]:
+    """Log-likelihood (total and per observation), free parameters, BIC and AIC."""
+    return {
+        "log_likelihood": total_ll,
+        "mean_log_likelihood": total_ll / n,
+        "n_parameters": n_params,
+        "bic": -2.0 * total_ll + n_params * math.log(n),
+        "aic": -2.0 * total_ll + 2.0 * n_params,
+    }
+
+
 def _count_parameters(model, params: Mapping[str, torch.Tensor], data: torch.Tensor) -> int:
     """Free parameters: the unconstrained dimension of every global site that was fitted.
 
@@ -671,37 +705,21 @@ def fit_em(
             run = _start_and_run(engine, how, work, k, generator, max_iter, tol, shown)
             runs.append(run)
     fit_seconds = time.perf_counter() - start_time
-    finite = [r for r in runs if math.isfinite(r.objective)]
-    if not finite:
-        raise ValueError(
-            "every EM restart ended with a non-finite log-likelihood: the data are too extreme "
-            "for this model (try fewer components, or rescale the data)"
-        )
-    best = max(finite, key=lambda r: r.objective)
+    best = _best_finite_run(runs)
     if shift is not None:
         best.params = {**best.params, "locs": best.params["locs"] + shift}
 
     # The final E-step of the best run already evaluated its parameters.
     total_ll = best.total_log_likelihood
     n_params = _count_parameters(model, best.params, data)
-    notes = list(best.notes)
-    if not best.converged:
-        notes.append(f"EM did not converge within max_iter={max_iter} (tol={tol:g})")
-    if best.monotone_violations:
-        notes.append(
-            f"the objective decreased {best.monotone_violations} time(s); with reg_covar > 0 or a "
-            "generic M-step limited by inner_steps this can happen by round-off"
-        )
+    notes = _fit_notes(best, max_iter, tol, "with reg_covar > 0 or a generic M-step limited "
+                       "by inner_steps this can happen by round-off")
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     info = {
         "objective": objective,
         "m_step": engine.name,
-        "log_likelihood": total_ll,
-        "mean_log_likelihood": total_ll / n,
-        "n_parameters": n_params,
-        "bic": -2.0 * total_ll + n_params * math.log(n),
-        "aic": -2.0 * total_ll + 2.0 * n_params,
+        **_likelihood_criteria(total_ll, n, n_params),
         "restart_objectives": [r.objective for r in runs],
         "monotone_violations": best.monotone_violations,
         "reg_covar": reg_covar,

@@ -46,32 +46,37 @@ import math
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyro
 import torch
-from torch.distributions import biject_to
 
 from ppl_models._shared.checks import check_float, check_int
 from ppl_models.data import memmap_tensor
 from ppl_models.infer import distributed as dist
 from ppl_models.infer.chunks import DEFAULT_CHUNK_ROWS, iter_chunks, n_rows, take_rows
+from ppl_models.infer.em import (
+    _COLLAPSE_RETRIES,
+    _MONOTONE_SLACK,
+    _best_finite_run,
+    _count_parameters,
+    _fit_notes,
+    _likelihood_criteria,
+    _Run,
+)
 from ppl_models.infer.kmeans import SAMPLE_PER_CENTRE, kmeans
-from ppl_models.infer.regularisation import REG_COVAR_MODES, collapse_causes, moment_covariances
+from ppl_models.infer.regularisation import (
+    check_resolution_from_moments,
+    collapse_causes,
+    moment_covariances,
+    reg_covar_from_variance,
+)
 from ppl_models.infer.result import FitResult
 from ppl_models.models.gmm import GaussianMixture
 
 __all__ = ["fit_em_chunked"]
-
-#: As :func:`~ppl_models.infer.fit_em`: retries of a k-means start that collapsed, and the
-#: round-off slack of the monotone check.
-_COLLAPSE_RETRIES = 2
-_MONOTONE_SLACK = 1e-9
-#: As :func:`~ppl_models.infer.regularisation.check_resolution`.
-_MAX_RELATIVE_SPACING = 1e-3
-
 
 @dataclass
 class _Pass:
@@ -90,19 +95,6 @@ class _Pass:
     def __iter__(self) -> Iterator[torch.Tensor]:
         for _, block in iter_chunks(self.data, self.chunk_size, self.dtype):
             yield block if self.shift is None else block - self.shift
-
-
-@dataclass
-class _Run:
-    params: dict[str, torch.Tensor]
-    history: list[float]
-    log_likelihood: list[float]
-    converged: bool
-    n_iter: int
-    objective: float
-    notes: list[str] = field(default_factory=list)
-    monotone_violations: int = 0
-    iteration_seconds: list[float] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- the data's moments
@@ -127,42 +119,6 @@ def _feature_moments(blocks: _Pass, n_local: int, d: int, dtype: torch.dtype):
     return n, mean, (spread / n).to(dtype), largest
 
 
-def _check_resolution(var: torch.Tensor, largest: torch.Tensor, dtype: torch.dtype,
-                      columns) -> None:
-    """:func:`~ppl_models.infer.regularisation.check_resolution` from the features' moments."""
-    std = var.to(torch.float64).sqrt()
-    top = largest.to(dtype)
-    spacing = (torch.nextafter(top, torch.full_like(top, math.inf)) - top).to(torch.float64)
-    bad = torch.nonzero((std > 0) & (spacing > _MAX_RELATIVE_SPACING * std)).flatten()
-    if bad.numel() == 0:
-        return
-    j = int(bad[0])
-    name = columns[j] if columns is not None and j < len(columns) else f"feature {j}"
-    raise ValueError(
-        f"{name}: values up to {float(largest[j]):.6g} are spaced {float(spacing[j]):.3g} "
-        f"apart in {str(dtype).removeprefix('torch.')}, too coarse for a spread (standard "
-        f"deviation) of {float(std[j]):.3g}; subtract a reference value (centre the data) or "
-        "fit in float64"
-    )
-
-
-def _reg_per_feature(var: torch.Tensor, reg_covar: float, mode: str) -> torch.Tensor:
-    """:func:`~ppl_models.infer.regularisation.reg_covar_per_feature` from the variances."""
-    if mode not in REG_COVAR_MODES:
-        raise ValueError(f"reg_covar_mode must be one of {REG_COVAR_MODES}; got {mode!r}")
-    if mode == "absolute":
-        return torch.full_like(var, float(reg_covar))
-    constant = [int(j) for j in torch.nonzero(~(var > 0)).flatten()]
-    if constant and reg_covar > 0:
-        raise ValueError(
-            f"feature(s) {constant} are constant (zero variance): a Gaussian mixture's "
-            "likelihood is unbounded there; drop them, or pass reg_covar_mode='absolute' to "
-            "floor their variance at reg_covar"
-        )
-    return reg_covar * var
-
-
-# --------------------------------------------------------------------------- the k-means start
 def _offsets(n_local: int) -> tuple[int, int]:
     """This rank's first global row and the global number of rows."""
     counts = dist.all_gather_objects(n_local)
@@ -308,8 +264,9 @@ def _run(model, blocks: _Pass, state, n: int, max_iter: int, tol: float, reg: to
                             held=True, data_var=var)
     if not math.isfinite(final):
         notes.append("the objective is not finite at the returned parameters")
-    return _Run(params, history, list(history), converged, n_iter, final, notes, violations,
-                seconds)
+    return _Run(params, history, list(history), converged, n_iter, final,
+                total_log_likelihood=final * n, notes=notes, monotone_violations=violations,
+                iteration_seconds=seconds)
 
 
 def _start(model, init, blocks: _Pass, n: int, centre, sample_fn, k: int, generator, reg):
@@ -325,14 +282,6 @@ def _start(model, init, blocks: _Pass, n: int, centre, sample_fn, k: int, genera
         return model.em_state(params)
     w, mu, cov = _kmeans_moments(blocks, n, centre, sample_fn(), k, generator, reg)
     return model.em_state(model.site_params_from_moments(w, mu, cov))
-
-
-def _count_parameters(model: GaussianMixture, params: Mapping[str, torch.Tensor], d: int) -> int:
-    specs = model.site_specs()
-    total = 0
-    for name in model.global_sites(d):
-        total += math.prod(biject_to(specs[name].domain).inverse_shape(params[name].shape))
-    return total
 
 
 def _result_data(data) -> torch.Tensor:
@@ -433,8 +382,8 @@ def fit_em_chunked(
         raise ValueError(f"n_components={model.n_components} is larger than the number of "
                          f"observations ({n})")
     n, shift, var, largest = _feature_moments(blocks, n_local, d, dtype)
-    _check_resolution(var, largest, dtype, columns)
-    reg = _reg_per_feature(var, reg_covar, reg_covar_mode)
+    check_resolution_from_moments(var.to(torch.float64).sqrt(), largest, dtype, columns)
+    reg = reg_covar_from_variance(var, reg_covar, reg_covar_mode)
     blocks.shift = shift
     # The mean of the centred data (round-off), as kmeans centres its input again.
     centre = torch.zeros(d, dtype=torch.float64)
@@ -465,34 +414,17 @@ def fit_em_chunked(
                 break
         runs.append(best_attempt)
     fit_seconds = time.perf_counter() - start_time
-    finite = [r for r in runs if math.isfinite(r.objective)]
-    if not finite:
-        raise ValueError(
-            "every EM restart ended with a non-finite log-likelihood: the data are too extreme "
-            "for this model (try fewer components, or rescale the data)"
-        )
-    best = max(finite, key=lambda r: r.objective)
+    best = _best_finite_run(runs)
     best.params = {**best.params, "locs": best.params["locs"] + shift}
-    total_ll = best.objective * n
-    n_params = _count_parameters(model, best.params, d)
-    notes = list(best.notes)
-    if not best.converged:
-        notes.append(f"EM did not converge within max_iter={max_iter} (tol={tol:g})")
-    if best.monotone_violations:
-        notes.append(
-            f"the objective decreased {best.monotone_violations} time(s); with reg_covar > 0 "
-            "this can happen by round-off"
-        )
+    # a mixture's parameter count needs the number of features only
+    n_params = _count_parameters(model, best.params, torch.empty(0, d, dtype=dtype))
+    notes = _fit_notes(best, max_iter, tol, "with reg_covar > 0 this can happen by round-off")
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
     info = {
         "objective": objective,
         "m_step": "closed_form",
-        "log_likelihood": total_ll,
-        "mean_log_likelihood": best.objective,
-        "n_parameters": n_params,
-        "bic": -2.0 * total_ll + n_params * math.log(n),
-        "aic": -2.0 * total_ll + 2.0 * n_params,
+        **_likelihood_criteria(best.total_log_likelihood, n, n_params),
         "restart_objectives": [r.objective for r in runs],
         "monotone_violations": best.monotone_violations,
         "reg_covar": reg_covar,

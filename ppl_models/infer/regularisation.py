@@ -25,8 +25,10 @@ import torch
 __all__ = [
     "REG_COVAR_MODES",
     "check_resolution",
+    "check_resolution_from_moments",
     "collapse_causes",
     "feature_variance",
+    "reg_covar_from_variance",
     "reg_covar_per_feature",
 ]
 
@@ -65,10 +67,19 @@ def reg_covar_per_feature(
     """
     if mode not in REG_COVAR_MODES:
         raise ValueError(f"reg_covar_mode must be one of {REG_COVAR_MODES}; got {mode!r}")
-    d = data.shape[1]
     if mode == "absolute":
-        return torch.full((d,), float(reg_covar), dtype=data.dtype)
+        return torch.full((data.shape[1],), float(reg_covar), dtype=data.dtype)
     var = feature_variance(data) if variance is None else variance
+    return reg_covar_from_variance(var, reg_covar, mode)
+
+
+def reg_covar_from_variance(var: torch.Tensor, reg_covar: float, mode: str) -> torch.Tensor:
+    """:func:`reg_covar_per_feature` from each feature's variance ``(D,)`` (for callers that
+    accumulate the variances themselves, such as EM by blocks); the same checks and errors."""
+    if mode not in REG_COVAR_MODES:
+        raise ValueError(f"reg_covar_mode must be one of {REG_COVAR_MODES}; got {mode!r}")
+    if mode == "absolute":
+        return torch.full_like(var, float(reg_covar))
     constant = [int(j) for j in torch.nonzero(~(var > 0)).flatten()]
     if constant and reg_covar > 0:
         raise ValueError(
@@ -111,8 +122,15 @@ def check_resolution(
     narrowest = std.masked_fill(~(std > 0), math.inf).amin()
     if bool(top_spacing <= _MAX_RELATIVE_SPACING * narrowest):
         return
-    largest = data.abs().amax(0)
-    spacing = torch.nextafter(largest, torch.full_like(largest, math.inf)) - largest
+    check_resolution_from_moments(std, data.abs().amax(0), data.dtype, columns)
+
+
+def check_resolution_from_moments(std: torch.Tensor, largest: torch.Tensor, dtype: torch.dtype,
+                                  columns: Sequence[str] | None = None) -> None:
+    """:func:`check_resolution` from each feature's standard deviation and largest magnitude
+    ``(D,)`` in the fit's ``dtype`` (for callers that accumulate them, such as EM by blocks)."""
+    top = largest.to(dtype)
+    spacing = (torch.nextafter(top, torch.full_like(top, math.inf)) - top).to(std.dtype)
     bad = torch.nonzero((std > 0) & (spacing > _MAX_RELATIVE_SPACING * std)).flatten()
     if bad.numel() == 0:
         return
@@ -121,12 +139,12 @@ def check_resolution(
     remedy = (
         "pass the data as float64 and fit in float64 (load() reads float64; fit_em's "
         "dtype=torch.float64)"
-        if data.dtype != torch.float64
+        if dtype != torch.float64
         else "subtract a reference value (centre the data) before fitting"
     )
     raise ValueError(
-        f"{name}: values up to {float(data[:, j].abs().max()):.6g} are spaced "
-        f"{float(spacing[j]):.3g} apart in {str(data.dtype).removeprefix('torch.')}, too coarse "
+        f"{name}: values up to {float(largest[j]):.6g} are spaced "
+        f"{float(spacing[j]):.3g} apart in {str(dtype).removeprefix('torch.')}, too coarse "
         f"for a spread (standard deviation) of {float(std[j]):.3g}; {remedy}"
     )
 
