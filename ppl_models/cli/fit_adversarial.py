@@ -8,7 +8,8 @@ images only) and :class:`~ppl_models.models.infogan.InfoGAN` (Chen et al. 2016),
 :func:`ppl_models.infer.fit_adversarial` on the ``train`` split. Written into ``--out``:
 ``metrics.json``, ``fit/`` (:meth:`~ppl_models.infer.FitResult.save`),
 ``checkpoint/checkpoint.pt`` (for ``--resume``) and ``samples.png``, ``training_curve.png``,
-plus ``latent_map.png`` (aae, wae) or ``traversals.png`` (infogan).
+plus ``latent_map.png`` (aae, wae) or ``traversals.png`` (infogan), and the digit classifier
+of the sample-quality measures, ``classifier.pt`` (unless ``--classifier PATH`` names it).
 
 For the autoencoders, ``metrics.json`` holds the unbiased
 :math:`\widehat{\mathrm{MMD}}^2_u` between the codes :math:`E(x)` of the test images and as

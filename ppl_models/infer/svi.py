@@ -104,7 +104,12 @@ def fit_svi(
     :math:`\mathrm{ELBO}(\phi) = \mathbb E_{q_\phi(\theta)}[\log p(x, \theta) - \log
     q_\phi(\theta)] \le \log p(x)` (Hoffman et al., 2013; Ranganath et al., 2014), with
     discrete labels summed out exactly by ``TraceEnum_ELBO`` when the model declares
-    ``enumerated_sites`` (Obermeyer et al., 2019), ``Trace_ELBO`` otherwise.
+    ``enumerated_sites`` (Obermeyer et al., 2019), ``Trace_ELBO`` otherwise. A full-batch fit
+    of a model with the ``CollapsedPosterior`` role (every built-in mixture) with a ``map``,
+    ``mean_field`` or ``AutoContinuous`` guide uses
+    :class:`~ppl_models.infer.collapsed_svi.CollapsedELBO` instead: the same ELBO and
+    gradients draw for draw (tested against ``TraceEnum_ELBO``), without tracing the model at
+    every step; ``result.info["loss"]`` names the loss used.
 
     **Full batch** (no ``batch_size`` nor ``num_epochs``): ``num_steps`` steps on all the data.
 
