@@ -108,6 +108,24 @@ def test_chunked_em_refusals():
         fit_em(GaussianMixture(2), bad, chunk_size=10)
 
 
+@pytest.mark.parametrize("as_memmap", [False, True])
+@pytest.mark.parametrize("fit_dtype", [torch.float32, torch.float64])
+def test_chunked_em_refuses_unresolved_data_as_in_memory_em_does(tmp_path, as_memmap, fit_dtype):
+    # float32 values near 1e8 are 8 apart: a spread of 1 there is rounded away, whatever the
+    # fit's precision; both paths must refuse it with the same message
+    rng = np.random.default_rng(3)
+    x32 = (1e8 + rng.normal(scale=[300.0, 1000.0], size=(400, 2))).astype(np.float32)
+    with pytest.raises(ValueError, match="spaced 8 apart in float32") as in_memory:
+        fit_em(GaussianMixture(2), torch.from_numpy(x32), dtype=fit_dtype)
+    data = torch.from_numpy(x32)
+    if as_memmap:
+        np.save(tmp_path / "x.npy", x32)
+        data = open_npy(tmp_path / "x.npy")
+    with pytest.raises(ValueError, match="spaced 8 apart in float32") as by_blocks:
+        fit_em(GaussianMixture(2), data, chunk_size=100, dtype=fit_dtype)
+    assert str(by_blocks.value) == str(in_memory.value)
+
+
 # ------------------------------------------------------------------------------------ SVI
 def test_gmm_by_svi_on_two_ranks_equals_one_process(launched):
     results, _ = launched

@@ -119,6 +119,13 @@ def _feature_moments(blocks: _Pass, n_local: int, d: int, dtype: torch.dtype):
     return n, mean, (spread / n).to(dtype), largest
 
 
+def _given_dtype(data: Any) -> torch.dtype:
+    """The torch dtype of the data as given (a tensor, or a NumPy array or memory map)."""
+    if isinstance(data, torch.Tensor):
+        return data.dtype
+    return torch.from_numpy(np.empty(0, dtype=np.asarray(data[:0]).dtype)).dtype
+
+
 def _offsets(n_local: int) -> tuple[int, int]:
     """This rank's first global row and the global number of rows."""
     counts = dist.all_gather_objects(n_local)
@@ -382,7 +389,12 @@ def fit_em_chunked(
         raise ValueError(f"n_components={model.n_components} is larger than the number of "
                          f"observations ({n})")
     n, shift, var, largest = _feature_moments(blocks, n_local, d, dtype)
-    check_resolution_from_moments(var.to(torch.float64).sqrt(), largest, dtype, columns)
+    std = var.to(torch.float64).sqrt()
+    given = _given_dtype(data)
+    if given.is_floating_point and given != dtype:
+        # as fit_em: float32 data near 1e8 are already rounded, whatever the fit's precision
+        check_resolution_from_moments(std, largest, given, columns)
+    check_resolution_from_moments(std, largest, dtype, columns)
     reg = reg_covar_from_variance(var, reg_covar, reg_covar_mode)
     blocks.shift = shift
     # The mean of the centred data (round-off), as kmeans centres its input again.
