@@ -46,8 +46,8 @@ def test_too_few_particles_for_a_khat_write_no_diagnostics(tmp_path):
 
 def test_with_plots_the_khat_figure_is_written_too(tmp_path):
     x, _ = load_images("digits", split="test", binarize="threshold")
-    figures = write_amortized(VAE(64, 2, hidden=(16,)), x[:30], tmp_path, particles=25,
-                              seed=0, progress=False, plots=True)
+    figures, _ = write_amortized(VAE(64, 2, hidden=(16,)), x[:30], tmp_path, particles=25,
+                                 seed=0, progress=False, plots=True)
     assert figures["files"] == ["amortized.nc", "khat.png"]
     assert (tmp_path / "khat.png").stat().st_size > 1000
     assert az.from_netcdf(tmp_path / "amortized.nc").amortized.sizes["obs"] == 30

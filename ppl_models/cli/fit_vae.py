@@ -233,8 +233,14 @@ def run(args: argparse.Namespace) -> int:
                 )
         model.eval()
         terms = elbo_terms(model, x_test, seed=args.seed)
-        loglik = log_marginal_likelihood(model, x_test, args.particles, seed=args.seed,
-                                         progress=progress)
+        # the encoder diagnostics draw the test images' importance samples once; their mean
+        # bound is log_marginal_likelihood's (same seed and batches), computed here otherwise
+        amortized, loglik = write_amortized(
+            model, x_test, staging.path, particles=args.particles, seed=args.seed,
+            progress=progress, plots=not args.no_plots)
+        if loglik is None:
+            loglik = log_marginal_likelihood(model, x_test, args.particles, seed=args.seed,
+                                             progress=progress)
         clusters = assign_clusters(model, x_test)
         accuracy = None
         if clusters is not None and y_test is not None:
@@ -277,9 +283,7 @@ def run(args: argparse.Namespace) -> int:
             "checkpoint": None if checkpoint is None
             else os.path.relpath(checkpoint, staging.path),
         }
-        figures["amortized"] = write_amortized(
-            model, x_test, staging.path, particles=args.particles, seed=args.seed,
-            progress=progress, plots=not args.no_plots)
+        figures["amortized"] = amortized
         figures.update(quality_metrics(model, args, staging.path))
         (staging.path / "metrics.json").write_text(to_json(figures))
         written = [] if args.no_plots else save_vae_plots(model, x_test, y_test, staging.path)

@@ -32,7 +32,7 @@ def write_amortized(
     seed: int,
     progress: bool | None,
     plots: bool,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], float | None]:
     """Write ``amortized.nc`` (and ``khat.png`` when ``plots``) into ``folder``.
 
     Returns
@@ -42,6 +42,9 @@ def write_amortized(
         ``share_khat_bad`` (above 0.7), ``share_khat_good`` (at most 0.5), ``gap_mean`` and
         ``gap_q05`` / ``gap_q50`` / ``gap_q95`` (IWAE minus ELBO per image, nats), ``files``;
         or ``{"skipped": reason}`` when ``particles`` is too small for a k-hat.
+    float or None
+        The mean importance-weighted bound per image (the run's ``test_log_likelihood``, from
+        the same draws: the command does not draw them twice), or None when skipped.
     """
     from ppl_models._shared.figures import save_png
     from ppl_models.diagnostics import amortization_summary, amortized_diagnostics, plot_khat
@@ -49,7 +52,7 @@ def write_amortized(
 
     if particles < MIN_PARTICLES:
         return {"skipped": f"--particles {particles} < {MIN_PARTICLES}: too few importance "
-                           "samples for a PSIS k-hat"}
+                           "samples for a PSIS k-hat"}, None
     idata = amortized_diagnostics(model, x, num_particles=particles, seed=seed,
                                   progress=progress)
     idata.to_netcdf(folder / AMORTIZED_FILE)
@@ -59,6 +62,7 @@ def write_amortized(
         files.append(KHAT_FILE)
     summary = amortization_summary(idata)
     attrs = idata[AMORTIZED_GROUP].attrs
+    iwae = float(idata[AMORTIZED_GROUP]["iwae"].mean())
     return {
         "num_particles": particles,
         "khat_median": float(summary.loc["khat", "median"]),
@@ -67,4 +71,4 @@ def write_amortized(
         "share_khat_bad": float(summary.loc["khat", "share_bad"]),
         **{key: float(attrs[key]) for key in ("gap_mean", "gap_q05", "gap_q50", "gap_q95")},
         "files": files,
-    }
+    }, iwae
