@@ -6,7 +6,8 @@ One launch, several data-parallel fits; rank 0 saves what each rank saw into
 * ``em``: distributed EM of a Gaussian mixture, each rank holding its own rows (rank 1's as a
   memory-mapped ``.npy``), blocks of 300 rows; each rank's parameters and iterations.
 * ``gmm_svi``: a Gaussian mixture (labels enumerated) by minibatch SVI with a point guide,
-  61 rows in global batches of 20 (the last one, of 1 row, leaves rank 1 an empty piece);
+  61 rows in global batches of 15 (8 and 7 rows per rank; the last one, of 1 row, leaves
+  rank 1 an empty piece);
   Pyro's store after every epoch.
 * ``vae``: a VAE by its own ELBO estimator, one global batch of 45 rows per epoch (23 and 22
   per rank); the network's parameters after every step.
@@ -14,6 +15,9 @@ One launch, several data-parallel fits; rank 0 saves what each rank saw into
   the same run uninterrupted (largest difference of the final parameters).
 * ``gan``: the same for a GAN (the adversarial step: one reduction per player's update), and
   each rank's final parameters.
+* ``gan_steps``: a GAN, one global batch of 45 rows per epoch (23 and 22 per rank); its
+  networks after every step.
+* ``info``: each fit's ``FitResult.info`` counts of parameters reduced by DDP and by hand.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def gmm_guide(data, n_obs=None, subsample=None):
         pyro.sample("locs", dist.Delta(locs))
 
 
-GMM_SVI = {"batch_size": 20, "num_epochs": 2, "lr": 0.05, "num_draws": 0, "seed": 3}
+GMM_SVI = {"batch_size": 15, "num_epochs": 2, "lr": 0.05, "num_draws": 0, "seed": 3}
 
 
 def vae_data() -> torch.Tensor:
@@ -89,6 +93,18 @@ VAE_SVI = {"batch_size": 45, "num_epochs": 3, "lr": 1e-2, "seed": 5}
 RESUME_SVI = {"batch_size": 15, "num_epochs": 3, "lr": 1e-2, "seed": 7}
 
 
+def gan_model() -> GAN:
+    torch.manual_seed(0)
+    return GAN(3, 2, hidden=(8,), d_hidden=(8,))
+
+
+def gan_data() -> torch.Tensor:
+    return torch.randn(45, 3, generator=torch.Generator().manual_seed(4))
+
+
+GAN_STEPS = {"batch_size": 45, "num_epochs": 3, "lr": 1e-2, "seed": 6}
+
+
 def gan_fit(**options) -> torch.Tensor:
     torch.manual_seed(0)
     model = GAN(3, 2, hidden=(8,), d_hidden=(8,))
@@ -101,11 +117,15 @@ def store() -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
 
 
+def parallel_info(fit) -> dict:
+    return {k: fit.info.get(k) for k in ("ddp_parameters", "all_reduced_parameters")}
+
+
 def main(out: Path) -> None:
     distributed.init_from_env()
     rank, world = distributed.world()
     assert world == 2
-    results: dict = {}
+    results: dict = {"info": {}}
 
     # Distributed EM, rank 1's rows memory-mapped.
     x = em_data()
@@ -121,17 +141,19 @@ def main(out: Path) -> None:
 
     # A Gaussian mixture by minibatch SVI.
     seen: list = []
-    fit_svi(gmm_model, gmm_data(), guide=gmm_guide, progress=False,
-            callback=lambda epoch, history: seen.append(store()), **GMM_SVI)
+    fit = fit_svi(gmm_model, gmm_data(), guide=gmm_guide, progress=False,
+                  callback=lambda epoch, history: seen.append(store()), **GMM_SVI)
+    results["info"]["gmm_svi"] = parallel_info(fit)
     results["gmm_svi"] = distributed.all_gather_objects(seen)
 
     # A VAE by its own ELBO, one step per epoch.
     model = vae_model()
     steps: list = []
-    fit_svi(model, vae_data(), progress=False,
-            callback=lambda epoch, history: steps.append(
-                {k: v.detach().clone() for k, v in model.state_dict().items()}),
-            **VAE_SVI)
+    fit = fit_svi(model, vae_data(), progress=False,
+                  callback=lambda epoch, history: steps.append(
+                      {k: v.detach().clone() for k, v in model.state_dict().items()}),
+                  **VAE_SVI)
+    results["info"]["vae"] = parallel_info(fit)
     results["vae"] = distributed.all_gather_objects(steps)
 
     # Stopped after 2 epochs and resumed, against uninterrupted.
@@ -156,6 +178,16 @@ def main(out: Path) -> None:
     resumed = gan_fit(checkpoint_dir=out / f"gan{rank}", resume=True)
     results["gan"] = distributed.all_gather_objects({"whole": whole, "part": part,
                                                      "resumed": resumed})
+
+    # A GAN, one step per epoch.
+    gan = gan_model()
+    steps = []
+    fit = fit_adversarial(gan, gan_data(), progress=False,
+                          callback=lambda epoch, history: steps.append(
+                              {k: v.detach().clone() for k, v in gan.state_dict().items()}),
+                          **GAN_STEPS)
+    results["gan_steps"] = distributed.all_gather_objects(steps)
+    results["info"]["gan"] = parallel_info(fit)
     if rank == 0:
         torch.save(results, out / "results.pt")
     torch.distributed.destroy_process_group()

@@ -188,6 +188,81 @@ def test_vae_on_two_ranks_equals_one_process_seeing_both_shards(launched):
             assert _max_gap(got, ref) < 1e-6
 
 
+def test_networks_train_in_ddp_and_global_parameters_by_hand(launched):
+    results, _ = launched
+    info = results["info"]
+    vae, gan = worker.vae_model(), worker.gan_model()
+    assert info["vae"] == {"ddp_parameters": sum(p.numel() for p in vae.parameters()),
+                           "all_reduced_parameters": 0}
+    assert info["gan"] == {"ddp_parameters": sum(p.numel() for p in gan.parameters()),
+                           "all_reduced_parameters": 0}
+    assert info["gmm_svi"] == {"ddp_parameters": 0, "all_reduced_parameters": 4}
+
+
+def _gan_reference(ranks: int = 2) -> list[dict[str, torch.Tensor]]:
+    """The GAN steps of one process that, for every global batch, computes each rank's piece
+    with that rank's noise: a discriminator update on the pieces' cross-entropies weighted by
+    their rows, then a generator update on their non-saturating losses, alike."""
+    settings = worker.GAN_STEPS
+    data = worker.gan_data()
+    model = worker.gan_model()
+    n, size, seed = data.shape[0], settings["batch_size"], settings["seed"]
+    order = torch.Generator().manual_seed(seed)
+    torch.randperm(n, generator=order)  # the evaluation batch
+    noise = []
+    for r in range(ranks):
+        torch.manual_seed(seed + 1000 * r)
+        noise.append(torch.get_rng_state())
+    g_opt = torch.optim.Adam(model.generator.parameters(), lr=settings["lr"], betas=(0.5, 0.999))
+    d_opt = torch.optim.Adam(model.discriminator.parameters(), lr=settings["lr"],
+                             betas=(0.5, 0.999))
+
+    def fakes(r: int, rows: int) -> torch.Tensor:
+        torch.set_rng_state(noise[r])
+        z = model.prior_distribution().sample((rows,))
+        noise[r] = torch.get_rng_state()
+        return model.transform(z)
+
+    after = []
+    for _ in range(settings["num_epochs"]):
+        for r in range(ranks):  # each rank's DataLoader draws its base seed once per epoch
+            torch.set_rng_state(noise[r])
+            torch.empty((), dtype=torch.int64).random_()
+            noise[r] = torch.get_rng_state()
+        for batch in torch.randperm(n, generator=order).split(size):
+            pieces = batch.tensor_split(ranks)
+            d_total = 0.0
+            for r, piece in enumerate(pieces):
+                with torch.no_grad():
+                    fake = fakes(r, len(piece))
+                d_loss = (torch.nn.functional.softplus(-model.discriminator(data[piece])).mean()
+                          + torch.nn.functional.softplus(model.discriminator(fake)).mean())
+                d_total = d_total + d_loss * (len(piece) / len(batch))
+            d_opt.zero_grad()
+            d_total.backward()
+            d_opt.step()
+            g_total = 0.0
+            for r, piece in enumerate(pieces):
+                logits = model.discriminator(fakes(r, len(piece)))
+                g_total = g_total + (torch.nn.functional.softplus(-logits).mean()
+                                     * (len(piece) / len(batch)))
+            g_opt.zero_grad()
+            g_total.backward()
+            g_opt.step()
+        after.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    return after
+
+
+def test_gan_on_two_ranks_equals_one_process_seeing_both_shards(launched):
+    results, _ = launched
+    want = _gan_reference()
+    assert _max_gap(want[0], want[-1]) > 1e-3
+    for rank in results["gan_steps"]:
+        assert len(rank) == len(want)
+        for got, ref in zip(rank, want, strict=True):
+            assert _max_gap(got, ref) < 1e-6
+
+
 def test_resume_on_two_ranks_ends_as_uninterrupted(launched):
     results, out = launched
     for rank in results["resume"]:

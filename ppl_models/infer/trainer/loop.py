@@ -52,6 +52,13 @@ class Trainer:
     step of each epoch only. ``identity`` names what else a resumed fit must share with its
     checkpoint (the model, guide, step and transform) beside the compared fields of
     ``config``.
+
+    Under ``torchrun`` (``batches.world > 1``) the same loop trains data-parallel: each rank
+    steps on its piece of every global batch, the model's networks in
+    ``DistributedDataParallel`` and Pyro's global parameters summed by hand, each rank's loss
+    weighted by its share of the batch
+    (:class:`~ppl_models.infer.trainer.parallel.ParallelUpdate`); rank 0's initial parameters
+    are copied to every rank and rank ``r`` draws its noise from ``seed + 1000 r``.
     """
 
     def __init__(
@@ -70,7 +77,6 @@ class Trainer:
             if isinstance(step, PyroStep) and step.svi is not None:
                 raise ValueError("data-parallel training takes the trainer's own Adam, not a "
                                  "Pyro optimiser (optim=): leave optim unset")
-            step.sync = distributed.all_reduce_gradients
             self.fingerprint["world_size"] = self.world
         self._rank_rng: list[dict[str, Any]] = []
         self._joined = False
@@ -88,24 +94,39 @@ class Trainer:
         self.step.prepare(x, n_obs=self.batches.n, subsample=rows)
         self._join_ranks()
 
+    def _networks(self) -> list[torch.nn.Module]:
+        """The modules whose parameters DDP trains: the model, when it is an ``nn.Module``."""
+        return [self.model] if isinstance(self.model, torch.nn.Module) else []
+
+    def _distribute(self) -> None:
+        """Data parallel: the step's updates through DDP (built once, after the step's lazy
+        parameters exist; DDP copies rank 0's network parameters to every rank)."""
+        if self.world > 1:
+            self.step.distribute(self._networks(), self.world)
+
     def _join_ranks(self) -> None:
-        """Data parallel: rank 0's parameters on every rank, rank ``r``'s RNG seeded with
-        ``seed + 1000 r`` (once, before the first epoch of a fresh fit)."""
+        """Data parallel: rank 0's parameters on every rank (the networks' by DDP, the rest
+        by one broadcast), rank ``r``'s RNG seeded with ``seed + 1000 r`` (once, before the
+        first epoch of a fresh fit)."""
         if self.world == 1 or self._joined:
             return
+        self._distribute()
         distributed.broadcast_tensors(self._shared_tensors())
         pyro.set_rng_seed(self.config.seed + 1000 * self.rank)
         self._gather_rng()
         self._joined = True
 
     def _shared_tensors(self) -> list[torch.Tensor]:
-        """Every tensor the ranks must hold alike: the networks' state and Pyro's store."""
+        """The tensors the ranks must hold alike that DDP does not copy: the networks' buffers
+        (and parameters outside DDP) and Pyro's global parameters."""
+        in_ddp = {id(p) for update in self.step.parallel_updates if update.ddp is not None
+                  for p in update.ddp.module.parameters()}
         tensors: list[torch.Tensor] = []
         if isinstance(self.model, torch.nn.Module):
-            tensors += [t for _, t in sorted(self.model.state_dict().items())]
+            tensors += [t for _, t in sorted(self.model.state_dict(keep_vars=True).items())]
         store = pyro.get_param_store()
         tensors += [p for _, p in sorted(store.named_parameters())]
-        return tensors
+        return [t for t in tensors if id(t) not in in_ddp]
 
     def _gather_rng(self) -> None:
         """Every rank's RNG states (its noise and its transform's), for the checkpoint."""
@@ -192,6 +213,7 @@ class Trainer:
         """Train from the current epoch to ``num_epochs`` or until a callback stops it."""
         config = self.config
         self._join_ranks()  # when prepare() was not called
+        self._distribute()  # after a resume, which joined the ranks
         total = len(self.batches) * config.num_epochs
         validate = is_validation_enabled()
         for callback in self.callbacks:
@@ -220,7 +242,17 @@ class Trainer:
         )
 
     def _info(self, stopped_by: str) -> dict[str, Any]:
+        parallel = {}
+        if self.world > 1:  # how many numbers each way of reducing gradients carries
+            updates = self.step.parallel_updates
+            parallel = {
+                "ddp_parameters": sum(p.numel() for u in updates if u.ddp is not None
+                                      for p in u.ddp.module.parameters()),
+                "all_reduced_parameters": sum(p.numel() for u in updates
+                                              for p in u.global_params()),
+            }
         return {
+            **parallel,
             "objective": self.step.name,
             "batch_size": self.batches.batch_size,
             "num_epochs": len(self.epoch_seconds),

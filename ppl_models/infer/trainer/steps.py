@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from pyro.poutine.messenger import Messenger
 from torch.nn import functional as F
 
 from ppl_models._shared.checks import check_choice, check_float, check_int
+from ppl_models.infer.trainer.parallel import ParallelUpdate
 from ppl_models.models.protocols import AdversarialModel, AmortizedModel
 
 __all__ = [
@@ -108,25 +109,47 @@ class Step(ABC):
 
     name: str = "step"
     beta: float = 1.0
-    #: Data-parallel runs: the gradient reduction the trainer installs
-    #: (:func:`ppl_models.infer.distributed.all_reduce_gradients`), and this rank's share
-    #: ``b_r / B`` of the current global batch, by which its gradients and loss are weighted
-    #: before they are summed over the ranks.
-    sync: Callable[[list[torch.Tensor], torch.Tensor, float], float] | None = None
+    #: Data-parallel runs: this rank's share ``b_r / B`` of the current global batch (set by
+    #: the trainer before each step), by which its loss is weighted (see
+    #: :mod:`ppl_models.infer.trainer.parallel`).
     weight: float = 1.0
 
     def __init__(self) -> None:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedulers: list[torch.optim.lr_scheduler.LRScheduler] = []
+        self._parallel: dict[int, ParallelUpdate] = {}
 
-    def _reduce(self, optimizer: torch.optim.Optimizer, value: torch.Tensor) -> float:
-        """After ``backward``: in a data-parallel run, this rank's gradients of
-        ``optimizer``'s parameters and the loss ``value``, weighted by :attr:`weight`, summed
-        over the ranks (one ``all_reduce``); returns the loss (the global batch's)."""
-        if self.sync is None:
-            return value.item()
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        return self.sync(params, value.detach(), self.weight)
+    def distribute(self, networks: Sequence[torch.nn.Module], world: int) -> None:
+        """Train data-parallel over ``world`` ranks from now on: every optimiser's updates go
+        through a :class:`~ppl_models.infer.trainer.parallel.ParallelUpdate` (the parameters
+        of ``networks`` in DDP, which copies rank 0's values to every rank now; the others
+        summed by hand). Collective: every rank calls it, in the same order. Optimisers that
+        already have theirs keep it."""
+        for optimizer in self.optimizers:
+            if id(optimizer) not in self._parallel:
+                self._parallel[id(optimizer)] = ParallelUpdate(optimizer, networks, world)
+
+    @property
+    def parallel_updates(self) -> list[ParallelUpdate]:
+        """The data-parallel updates, one per optimiser (empty in one process)."""
+        return list(self._parallel.values())
+
+    def _minimise(self, optimizer: torch.optim.Optimizer,
+                  fn: Callable[..., tuple[torch.Tensor, Any]], *args: Any,
+                  **kwargs: Any) -> tuple[float, Any]:
+        """One update of ``optimizer``: ``loss, extra = fn(*args, **kwargs)``, its backward,
+        (data parallel) the gradients reduced over the ranks, the optimiser's step. Returns
+        the loss (the global batch's in a data-parallel run) and ``extra``."""
+        optimizer.zero_grad(set_to_none=True)
+        update = self._parallel.get(id(optimizer))
+        if update is None:
+            loss, extra = fn(*args, **kwargs)
+            loss.backward()
+            value = loss.item()
+        else:
+            value, extra = update(self.weight, fn, *args, **kwargs)
+        optimizer.step()
+        return value, extra
 
     @abstractmethod
     def __call__(self, x: torch.Tensor, *, n_obs: int, subsample: torch.Tensor) -> float:
@@ -174,13 +197,12 @@ class _AdamStep(Step):
         self.optimizers = [optimizer]
         self.schedulers = [torch.optim.lr_scheduler.ExponentialLR(optimizer, self.gamma)]
 
-    def _update(self, objective: torch.Tensor) -> float:
-        optimizer, scheduler = self.optimizers[0], self.schedulers[0]
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        value = self._reduce(optimizer, objective)
-        optimizer.step()
-        scheduler.step()
+    def _update(self, objective: Callable[..., tuple[torch.Tensor, Any]], *args: Any,
+                **kwargs: Any) -> float:
+        """Minimise ``objective(*args, **kwargs)[0]`` by one step of the optimiser and of
+        its schedule; return the loss."""
+        value, _ = self._minimise(self.optimizers[0], objective, *args, **kwargs)
+        self.schedulers[0].step()
         return value
 
 
@@ -203,11 +225,15 @@ class ModelObjectiveStep(_AdamStep):
     def build(cls, inputs: StepInputs) -> ModelObjectiveStep:
         return cls(inputs.model, inputs.lr, inputs.lr_decay, inputs.total_steps)
 
-    def __call__(self, x: torch.Tensor, *, n_obs: int, subsample: torch.Tensor) -> float:
+    def objective(self, x: torch.Tensor, n_obs: int) -> tuple[torch.Tensor, None]:
+        """The negative ELBO estimate of the minibatch ``x``, scaled to ``n_obs`` rows."""
         terms = self.model.elbo_terms(x)
         kl = sum(terms[name] for name in self.kl_terms)
         elbo = terms[self.reconstruction] - self.beta * kl
-        return self._update(elbo.sum() * (-n_obs / x.shape[0]))
+        return elbo.sum() * (-n_obs / x.shape[0]), None
+
+    def __call__(self, x: torch.Tensor, *, n_obs: int, subsample: torch.Tensor) -> float:
+        return self._update(self.objective, x, n_obs)
 
 
 def _takes_subsample(fn: Callable) -> bool:
@@ -287,14 +313,22 @@ class PyroStep(_AdamStep):
                 optimizer.add_param_group({"params": fresh, "lr": lr})
         self._known = len(store)
 
-    def __call__(self, x: torch.Tensor, *, n_obs: int, subsample: torch.Tensor) -> float:
-        if self.svi is not None:
-            return self.svi.step(x, n_obs=n_obs, subsample=subsample)
-        objective = self.loss.differentiable_loss(
+    def objective(self, x: torch.Tensor, n_obs: int,
+                  subsample: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """The ELBO's differentiable loss on the minibatch (parameters it creates join the
+        optimiser)."""
+        loss = self.loss.differentiable_loss(
             self.model_fn, self.guide_fn, x, n_obs=n_obs, subsample=subsample
         )
         self._collect()
-        return self._update(objective)
+        return loss, None
+
+    def __call__(self, x: torch.Tensor, *, n_obs: int, subsample: torch.Tensor) -> float:
+        if self.svi is not None:
+            return self.svi.step(x, n_obs=n_obs, subsample=subsample)
+        if not self.optimizers:  # not prepared: create the parameters and the optimiser
+            self.prepare(x, n_obs=n_obs, subsample=subsample)
+        return self._update(self.objective, x, n_obs, subsample)
 
     def state_dict(self) -> dict[str, Any]:
         if self.optim is not None:
@@ -427,31 +461,37 @@ class AdversarialStep(Step):
             return F.softplus(-logits).mean()  # -log D
         return -F.softplus(logits).mean()  # log(1 - D)
 
+    def _discriminator_objective(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.discriminator_loss(x), None
+
+    def generator_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The generator's total loss on ``x`` (its terms, plus ``adversarial_weight`` times
+        the adversarial loss), and its parts: the terms and ``g_loss`` (detached)."""
+        draws = self.model.adversarial_draws(x)
+        terms = self.model.generator_terms(x, draws)
+        total = sum(terms.values(), torch.zeros((), dtype=x.dtype))
+        parts = {name: value.detach() for name, value in terms.items()}
+        if self.discriminator_optimizer is not None:
+            g_loss = self._generator_adversarial(self.model.discriminate(draws.fake))
+            total = total + self.model.adversarial_weight * g_loss
+            parts["g_loss"] = g_loss.detach()
+        return total, parts
+
     def __call__(self, x: torch.Tensor, *, n_obs: int, subsample: torch.Tensor) -> float:
         record: dict[str, float] = {}
         if self.discriminator_optimizer is not None:
             total_d = 0.0
             for _ in range(self.d_steps):
-                self.discriminator_optimizer.zero_grad(set_to_none=True)
-                d_loss = self.discriminator_loss(x)
-                d_loss.backward()
-                total_d += self._reduce(self.discriminator_optimizer, d_loss)
-                self.discriminator_optimizer.step()
+                value, _ = self._minimise(self.discriminator_optimizer,
+                                          self._discriminator_objective, x)
+                total_d += value
             record["d_loss"] = total_d / self.d_steps
-        self.generator_optimizer.zero_grad(set_to_none=True)
-        draws = self.model.adversarial_draws(x)
-        terms = self.model.generator_terms(x, draws)
-        total = sum(terms.values(), torch.zeros((), dtype=x.dtype))
-        if self.discriminator_optimizer is not None:
-            g_loss = self._generator_adversarial(self.model.discriminate(draws.fake))
-            total = total + self.model.adversarial_weight * g_loss
-            record["g_loss"] = g_loss.item()
-        total.backward()
-        loss = self._reduce(self.generator_optimizer, total)
-        self.generator_optimizer.step()
+        loss, parts = self._minimise(self.generator_optimizer, self.generator_loss, x)
+        if "g_loss" in parts:
+            record["g_loss"] = parts.pop("g_loss").item()
         for scheduler in self.schedulers:
             scheduler.step()
-        record.update({name: value.item() for name, value in terms.items()})
+        record.update({name: value.item() for name, value in parts.items()})
         for name, value in record.items():
             self.records.setdefault(name, []).append(value)
         return loss * n_obs
