@@ -17,6 +17,8 @@ One launch, several data-parallel fits; rank 0 saves what each rank saw into
   each rank's final parameters.
 * ``gan_steps``: a GAN, one global batch of 45 rows per epoch (23 and 22 per rank); its
   networks after every step.
+* ``cli``: ``ppl-models fit gan`` and ``fit aae`` run on both ranks, ``--out OUT/cli_MODELr``
+  (only rank 0's may appear); each rank's exit code.
 * ``info``: each fit's ``FitResult.info`` counts of parameters reduced by DDP and by hand.
 """
 
@@ -32,6 +34,7 @@ import torch
 from pyro.infer import config_enumerate
 from torch.distributions import constraints
 
+from ppl_models.cli import main as cli
 from ppl_models.infer import distributed, fit_adversarial, fit_em, fit_svi
 from ppl_models.models import GAN, VAE, GaussianMixture
 
@@ -102,6 +105,7 @@ def gan_data() -> torch.Tensor:
     return torch.randn(45, 3, generator=torch.Generator().manual_seed(4))
 
 
+CLI_SMALL = ["--epochs", "2", "--batch-size", "150", "--hidden", "16", "--quiet"]
 GAN_STEPS = {"batch_size": 45, "num_epochs": 3, "lr": 1e-2, "seed": 6}
 
 
@@ -188,6 +192,11 @@ def main(out: Path) -> None:
                           **GAN_STEPS)
     results["gan_steps"] = distributed.all_gather_objects(steps)
     results["info"]["gan"] = parallel_info(fit)
+
+    # The command line, every rank running the same command.
+    codes = {model: cli(["fit", model, *CLI_SMALL, "--out", str(out / f"cli_{model}{rank}")])
+             for model in ("gan", "aae")}
+    results["cli"] = distributed.all_gather_objects(codes)
     if rank == 0:
         torch.save(results, out / "results.pt")
     torch.distributed.destroy_process_group()

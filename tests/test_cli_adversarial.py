@@ -127,15 +127,6 @@ def test_inapplicable_options_are_refused_in_one_line(tmp_path, capsys, argv, me
     assert not (tmp_path / "o").exists()
 
 
-def test_torchrun_is_refused_before_any_rank_writes(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    code = main(["fit", "gan", "--out", str(tmp_path / "o"), "--quiet"])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "does not run under torchrun" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "o").exists()
-
-
 RESUMABLE = ["fit", "aae", "--epochs", "4", "--batch-size", "300", "--hidden", "16",
              "--seed", "3", "--quiet"]
 

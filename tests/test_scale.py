@@ -23,7 +23,7 @@ import torch
 
 from ppl_models.cli import main
 from ppl_models.data import check_data, csv_to_npy, load, open_npy
-from ppl_models.infer import fit_em, fit_svi
+from ppl_models.infer import FitResult, fit_em, fit_svi
 from ppl_models.infer.chunks import iter_chunks
 from ppl_models.infer.trainer import Batches
 from ppl_models.models import GaussianMixture, StudentTMixture
@@ -280,6 +280,20 @@ def test_adversarial_fit_on_two_ranks_agrees_and_resumes(launched):
         assert float((rank["whole"] - rank["part"]).abs().max()) > 1e-4
         assert float((rank["whole"] - rank["resumed"]).abs().max()) < 1e-6
     assert (out / "gan0" / "checkpoint.pt").is_file() and not (out / "gan1").exists()
+
+
+def test_adversarial_command_line_under_torchrun_writes_once(launched):
+    results, out = launched
+    assert results["cli"] == [{"gan": 0, "aae": 0}] * 2
+    for model in ("gan", "aae"):
+        assert not (out / f"cli_{model}1").exists()  # only rank 0 writes
+        metrics = json.loads((out / f"cli_{model}0" / "metrics.json").read_text())
+        assert metrics["n_epochs"] == 2 and metrics["n_train"] == 1500
+        fit = FitResult.load(out / f"cli_{model}0" / "fit")
+        assert fit.info["world_size"] == 2
+        trained = sum(p.numel() for p in fit.model.parameters() if p.requires_grad)
+        assert fit.info["ddp_parameters"] == trained
+        assert len(fit.history["d_loss"]) == 2 * 10  # 1500 images in global batches of 150
 
 
 def test_batches_split_every_global_batch_between_ranks():

@@ -40,7 +40,7 @@ from ppl_models.cli.quality_metrics import add_quality_options, quality_metrics
 
 __all__ = [
     "DEFAULTS", "MODELS", "PRIORS", "add_parser", "build_model", "code_mmd",
-    "last_epoch_mean", "make_prior", "resolve_options", "run",
+    "fit_options", "last_epoch_mean", "make_prior", "resolve_options", "run",
 ]
 
 #: Data set when ``--data`` is not given.
@@ -245,6 +245,18 @@ def last_epoch_mean(history: dict[str, list[float]], name: str, n_epochs: int
     return statistics.mean(values[-steps:])
 
 
+def fit_options(args: argparse.Namespace, n_train: int) -> dict[str, Any]:
+    """The keyword arguments of :func:`~ppl_models.infer.fit_adversarial` the parsed arguments
+    set (every rank of a ``torchrun`` launch passes the same)."""
+    options: dict[str, Any] = {
+        "batch_size": min(args.batch_size, n_train), "num_epochs": args.epochs, "lr": args.lr,
+        "time_limit": args.time_limit, "seed": args.seed,
+    }
+    if args.d_steps is not None:
+        options.update(d_steps=args.d_steps, loss=args.loss)
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     """Fit and draw the adversarial model the parsed arguments name; return 0."""
     import torch
@@ -257,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
         plot_samples,
         plot_traversals,
     )
+    from ppl_models.cli.data_parallel import other_adversarial_rank
     from ppl_models.images import load_images
     from ppl_models.infer import fit_adversarial
     from ppl_models.infer.adversarial_memory import adversarial_memory
@@ -264,11 +277,8 @@ def run(args: argparse.Namespace) -> int:
     from ppl_models.models import AdversarialAutoencoder, InfoGAN
 
     resolve_options(args)
-    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
-        # only fit vae has a rank-aware command line; every rank here would write --out
-        raise ValueError(f"fit {args.model} does not run under torchrun from the command line; "
-                         "call ppl_models.infer.fit_adversarial in a script launched by "
-                         "torchrun (rank 0 writes the results)")
+    if other_adversarial_rank(args):  # under torchrun, a rank other than 0: fit, write nothing
+        return 0
     out = args.out or Path("runs") / args.model
     progress = progress_of(args)
     with output_folder(out, need_bytes=NEED_BYTES, resume=args.resume,
@@ -277,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
         x_test, y_test = load_images(args.data, split="test")
         torch.manual_seed(args.seed)
         model = build_model(args, x_train.shape[1])
-        batch_size = min(args.batch_size, x_train.shape[0])
+        options = fit_options(args, x_train.shape[0])
+        batch_size = options["batch_size"]
         check_memory(adversarial_memory(model, x_train.shape[0], x_train.shape[1],
                                         batch_size=batch_size, n_test=x_test.shape[0]))
         d_updates = 0 if args.model == "wae" and args.penalty == "mmd" else args.d_steps
@@ -286,12 +297,10 @@ def run(args: argparse.Namespace) -> int:
                   f"{-(-x_train.shape[0] // batch_size)} steps (batch {batch_size} of "
                   f"{x_train.shape[0]} images, {d_updates} discriminator update(s) per step)",
                   file=sys.stderr)
-        options = {} if args.d_steps is None else {"d_steps": args.d_steps, "loss": args.loss}
         with captured_warnings():
             result = fit_adversarial(
-                model, x_train, batch_size=batch_size, num_epochs=args.epochs, lr=args.lr,
-                time_limit=args.time_limit, checkpoint_dir=staging.checkpoint_dir,
-                seed=args.seed, progress=progress, resume=staging.resume, **options,
+                model, x_train, checkpoint_dir=staging.checkpoint_dir, progress=progress,
+                resume=staging.resume, **options,
             )
         model.eval()
         history = result.history

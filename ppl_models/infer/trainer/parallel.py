@@ -84,7 +84,6 @@ class ParallelUpdate:
             device = nets[0].device
             self.ddp = DistributedDataParallel(
                 _Objective(nets), device_ids=[device.index] if device.type == "cuda" else None,
-                broadcast_buffers=False,
             )
 
     def _params(self) -> list[torch.Tensor]:
