@@ -23,7 +23,7 @@ import torch
 
 from ppl_models.cli import main
 from ppl_models.data import check_data, csv_to_npy, load, open_npy
-from ppl_models.infer import FitResult, fit_em, fit_svi
+from ppl_models.infer import FitResult, distributed, fit_em, fit_svi
 from ppl_models.infer.chunks import iter_chunks
 from ppl_models.infer.trainer import Batches
 from ppl_models.models import GaussianMixture, StudentTMixture
@@ -294,6 +294,41 @@ def test_adversarial_command_line_under_torchrun_writes_once(launched):
         trained = sum(p.numel() for p in fit.model.parameters() if p.requires_grad)
         assert fit.info["ddp_parameters"] == trained
         assert len(fit.history["d_loss"]) == 2 * 10  # 1500 images in global batches of 150
+
+
+def test_select_device_takes_the_local_rank_s_gpu_with_nccl_and_the_cpu_otherwise(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.select_device() == ("gloo", torch.device("cpu"))
+    with pytest.raises(ValueError, match="needs CUDA"):
+        distributed.select_device("nccl")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed.select_device() == ("nccl", torch.device("cuda", 1))
+    assert distributed.select_device("gloo") == ("gloo", torch.device("cpu"))
+    monkeypatch.delenv("LOCAL_RANK")
+    assert distributed.select_device() == ("nccl", torch.device("cuda", 0))
+    for bad in ("2", "-1", "x"):
+        monkeypatch.setenv("LOCAL_RANK", bad)
+        with pytest.raises(ValueError, match=f"LOCAL_RANK='{bad}' names no GPU.*2 visible"):
+            distributed.select_device()
+
+
+def test_init_from_env_sets_the_selected_gpu_before_joining(monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend: calls.append(("init", backend)))
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert distributed.init_from_env()
+    assert calls == [("set_device", torch.device("cuda", 3)), ("init", "nccl")]
+    calls.clear()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.init_from_env()
+    assert calls == [("init", "gloo")]
 
 
 def test_batches_split_every_global_batch_between_ranks():

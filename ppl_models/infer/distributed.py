@@ -2,7 +2,8 @@ r"""The few collective operations the package uses, on PyTorch's own distributed
 
 Processes are launched by ``torchrun`` (``torchrun --nproc_per_node N -m ppl_models ...``),
 which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
-:func:`init_from_env` joins the process group they describe (gloo on CPUs, NCCL when CUDA is
+:func:`init_from_env` joins the process group they describe, on the backend and device
+:func:`select_device` chooses (gloo on the CPU; NCCL on ``cuda:LOCAL_RANK`` when CUDA is
 available). Everything else here is a thin wrapper over :mod:`torch.distributed` that is the
 identity in a single process, so that the same code runs with one process or many:
 
@@ -10,6 +11,7 @@ identity in a single process, so that the same code runs with one process or man
 function                    what it does across ranks
 =========================== ===============================================================
 :func:`world`               ``(rank, world_size)``; ``(0, 1)`` without a process group
+:func:`select_device`       this rank's backend and device (``cuda:LOCAL_RANK`` with NCCL)
 :func:`all_reduce_sum`      element-wise sum of one tensor (one ``all_reduce``)
 :func:`all_gather_objects`  every rank's picklable value, in rank order
 :func:`broadcast_object`    rank 0's picklable value on every rank
@@ -36,6 +38,7 @@ __all__ = [
     "broadcast_tensors",
     "init_from_env",
     "is_distributed",
+    "select_device",
     "world",
 ]
 
@@ -52,12 +55,41 @@ def world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def select_device(backend: str | None = None) -> tuple[str, torch.device]:
+    """The backend and device of this process: ``("nccl", cuda:LOCAL_RANK)`` when CUDA is
+    available, ``("gloo", cpu)`` otherwise.
+
+    ``backend`` given: ``"nccl"`` needs CUDA and takes GPU ``LOCAL_RANK`` (0 when unset, one
+    process per GPU); any other backend (``"gloo"``) runs on the CPU.
+
+    Raises
+    ------
+    ValueError
+        ``"nccl"`` without CUDA, or ``LOCAL_RANK`` not a GPU of this machine.
+    """
+    cuda = torch.cuda.is_available()
+    if backend is None:
+        backend = "nccl" if cuda else "gloo"
+    if backend != "nccl":
+        return backend, torch.device("cpu")
+    if not cuda:
+        raise ValueError("backend 'nccl' needs CUDA, which is not available here; use 'gloo'")
+    raw = os.environ.get("LOCAL_RANK", "0")
+    count = torch.cuda.device_count()
+    if not (raw.isdigit() and int(raw) < count):
+        raise ValueError(f"LOCAL_RANK={raw!r} names no GPU of this machine ({count} visible): "
+                         f"start at most {count} processes per machine (--nproc_per_node)")
+    return backend, torch.device("cuda", int(raw))
+
+
 def init_from_env(backend: str | None = None) -> bool:
     """Join the process group ``torchrun`` describes in the environment, if any.
 
     Does nothing (and returns False) when ``WORLD_SIZE`` is unset or 1, or when a group is
-    already initialised (returns True then). ``backend`` defaults to NCCL when CUDA is
-    available and gloo otherwise.
+    already initialised (returns True then). The backend is :func:`select_device`'s (NCCL when
+    CUDA is available, gloo otherwise); with NCCL, ``cuda:LOCAL_RANK`` becomes this process's
+    current CUDA device (``torch.cuda.set_device``). Models and data stay where the caller
+    put them: move them to that device before fitting.
 
     Raises
     ------
@@ -75,8 +107,9 @@ def init_from_env(backend: str | None = None) -> bool:
         raise ValueError(f"WORLD_SIZE must be a positive integer; got {raw!r}")
     if size == 1:
         return False
-    if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend, device = select_device(backend)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     dist.init_process_group(backend)
     atexit.register(_leave)
     return True
