@@ -7,6 +7,8 @@ Two measurements, each in fresh child processes so that their figures are their 
     ``--epochs`` on ``--images`` synthetic binary images in batches of ``--batch-size``,
     launched by ``torchrun --standalone --nproc_per_node P`` for P = 1 and 2 (gloo, one thread
     per process), sides alternating (1 then 2, then 2 then 1, ...), ``--repeats`` times each.
+    At P = 2 the trainer's networks train in ``DistributedDataParallel`` (the child reports
+    ``info["ddp_parameters"]``, the number of weights DDP reduces; 0 at P = 1).
     Images per second = images x epochs / rank 0's training time (``fit_seconds``: the epochs
     only, not start-up); the CPU seconds are every rank's (``getrusage`` of the children).
     The global batch is the same at 1 and 2 processes (each rank takes half of it), so the
@@ -81,7 +83,8 @@ def _train(args: argparse.Namespace) -> None:
                      progress=False, seed=0)
     if rank == 0:
         print(json.dumps({"world": world, "fit_seconds": result.fit_seconds,
-                          "elbo": result.history["elbo"][-1]}))
+                          "elbo": result.history["elbo"][-1],
+                          "ddp_parameters": result.info.get("ddp_parameters", 0)}))
 
 
 def throughput(args: argparse.Namespace) -> dict:
@@ -95,9 +98,11 @@ def throughput(args: argparse.Namespace) -> dict:
             out, cpu = _child_json(cmd)
             rate = args.images * args.epochs / out["fit_seconds"]
             runs[procs].append({"fit_seconds": out["fit_seconds"], "images_per_second": rate,
-                                "cpu_seconds": cpu, "elbo": out["elbo"]})
+                                "cpu_seconds": cpu, "elbo": out["elbo"],
+                                "ddp_parameters": out["ddp_parameters"]})
             print(f"{procs} process(es): {rate:8.0f} images/s, {out['fit_seconds']:.2f} s "
-                  f"training, {cpu:.1f} CPU s (whole run)", flush=True)
+                  f"training, {cpu:.1f} CPU s (whole run), {out['ddp_parameters']} weights "
+                  "in DDP", flush=True)
     rate = {p: [r["images_per_second"] for r in rs] for p, rs in runs.items()}
     ratios = [b / a for a, b in zip(rate[1], rate[2], strict=True)]
     summary = {
