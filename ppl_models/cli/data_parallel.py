@@ -23,10 +23,11 @@ def _launched() -> bool:
 
 
 def _joined_as_other_rank() -> bool:
-    """Join the process group ``torchrun`` describes (if any); True on a rank other than 0."""
+    """Join the process group ``torchrun`` describes (if any) on gloo, since the command line
+    trains on the CPU (NCCL takes CUDA tensors only); True on a rank other than 0."""
     from ppl_models.infer.distributed import init_from_env, world
 
-    init_from_env()
+    init_from_env("gloo")
     return world()[0] != 0
 
 
