@@ -164,11 +164,10 @@ def all_reduce_gradients(params: Sequence[torch.Tensor], loss: torch.Tensor,
     r"""Replace each parameter's gradient by :math:`\sum_r w_r g_r` over the ranks, and return
     :math:`\sum_r w_r \ell_r`, in one ``all_reduce`` of a flat float64 buffer.
 
-    With :math:`w_r = b_r / B` (this rank's rows of a global batch of :math:`B`) and each
-    rank's loss scaled by :math:`N / b_r` (``pyro.plate(..., N, subsample=rows)``), the sum
-    is the loss and gradient of the global batch scaled by :math:`N / B`: one process seeing
-    every rank's rows takes the same step (what DDP's averaging does for equal shares). A
-    parameter without a gradient on this rank contributes zeros.
+    The trainer uses it for the parameters outside DDP (Pyro's global parameters), with
+    :math:`w_r = 1 / W` on losses already weighted by :math:`W b_r / B`
+    (:mod:`ppl_models.infer.trainer.parallel`), so that the sum is DDP's mean. A parameter
+    without a gradient on this rank contributes zeros.
     """
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.detach().reshape(-1).to(torch.float64) for g in grads]
