@@ -10,13 +10,14 @@ One launch, several data-parallel fits; rank 0 saves what each rank saw into
   rank 1 an empty piece);
   Pyro's store after every epoch.
 * ``vae``: a VAE by its own ELBO estimator, one global batch of 45 rows per epoch (23 and 22
-  per rank); the network's parameters after every step.
+  per rank), each rank's networks initialised from its own seed; the networks after every
+  step.
 * ``resume``: a VAE stopped after 2 of 3 epochs and resumed from rank 0's checkpoint, against
   the same run uninterrupted (largest difference of the final parameters).
 * ``gan``: the same for a GAN (the adversarial step: one reduction per player's update), and
   each rank's final parameters.
-* ``gan_steps``: a GAN, one global batch of 45 rows per epoch (23 and 22 per rank); its
-  networks after every step.
+* ``gan_steps``: a GAN, one global batch of 45 rows per epoch (23 and 22 per rank), each
+  rank's networks initialised from its own seed; its networks after every step.
 * ``cli``: ``ppl-models fit gan`` and ``fit aae`` run on both ranks, ``--out OUT/cli_MODELr``
   (only rank 0's may appear); each rank's exit code.
 * ``info``: each fit's ``FitResult.info`` counts of parameters reduced by DDP and by hand.
@@ -87,8 +88,8 @@ def vae_data() -> torch.Tensor:
     return (torch.rand(45, 8, generator=g) < 0.4).float()
 
 
-def vae_model() -> VAE:
-    torch.manual_seed(0)
+def vae_model(seed: int = 0) -> VAE:
+    torch.manual_seed(seed)
     return VAE(8, 2, hidden=(8,))
 
 
@@ -96,8 +97,8 @@ VAE_SVI = {"batch_size": 45, "num_epochs": 3, "lr": 1e-2, "seed": 5}
 RESUME_SVI = {"batch_size": 15, "num_epochs": 3, "lr": 1e-2, "seed": 7}
 
 
-def gan_model() -> GAN:
-    torch.manual_seed(0)
+def gan_model(seed: int = 0) -> GAN:
+    torch.manual_seed(seed)
     return GAN(3, 2, hidden=(8,), d_hidden=(8,))
 
 
@@ -150,8 +151,9 @@ def main(out: Path) -> None:
     results["info"]["gmm_svi"] = parallel_info(fit)
     results["gmm_svi"] = distributed.all_gather_objects(seen)
 
-    # A VAE by its own ELBO, one step per epoch.
-    model = vae_model()
+    # A VAE by its own ELBO, one step per epoch, each rank building other networks: DDP starts
+    # every rank from rank 0's.
+    model = vae_model(seed=rank)
     steps: list = []
     fit = fit_svi(model, vae_data(), progress=False,
                   callback=lambda epoch, history: steps.append(
@@ -183,8 +185,8 @@ def main(out: Path) -> None:
     results["gan"] = distributed.all_gather_objects({"whole": whole, "part": part,
                                                      "resumed": resumed})
 
-    # A GAN, one step per epoch.
-    gan = gan_model()
+    # A GAN, one step per epoch, each rank building other networks.
+    gan = gan_model(seed=rank)
     steps = []
     fit = fit_adversarial(gan, gan_data(), progress=False,
                           callback=lambda epoch, history: steps.append(
