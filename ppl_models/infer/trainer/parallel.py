@@ -70,6 +70,13 @@ class ParallelUpdate:
         parameter in none of them is global.
     world : int
         The number of ranks.
+
+    Notes
+    -----
+    DDP is built with its defaults (``find_unused_parameters=False``): every network
+    parameter of the optimiser must receive a gradient in each update (a zero one counts),
+    as for every model of this package; otherwise DDP stops at the next update, naming the
+    parameters that got none.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, networks: Iterable[torch.nn.Module],

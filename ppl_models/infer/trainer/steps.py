@@ -13,6 +13,9 @@ name            what a step differentiates
 ``adversarial`` ``d_steps`` discriminator updates, then one generator update, of an
                 ``AdversarialModel``, one optimiser each (:class:`AdversarialStep`)
 =============== =================================================================================
+
+Each update goes through :meth:`Step._minimise`, which a data-parallel run
+(:meth:`Step.distribute`) routes through DDP (:mod:`ppl_models.infer.trainer.parallel`).
 """
 
 from __future__ import annotations
