@@ -75,8 +75,8 @@ class ParallelUpdate:
     -----
     DDP is built with its defaults (``find_unused_parameters=False``): every network
     parameter of the optimiser must receive a gradient in each update (a zero one counts),
-    as for every model of this package; otherwise DDP stops at the next update, naming the
-    parameters that got none.
+    as for every model of this package; otherwise DDP raises at the next update, reporting
+    parameters that received no gradient.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, networks: Iterable[torch.nn.Module],
