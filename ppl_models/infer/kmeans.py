@@ -78,9 +78,22 @@ class KMeansFit(NamedTuple):
 
 
 def _squared_distances(x: torch.Tensor, sq: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """``(N, M)`` squared distances, through one matrix product (``sq`` = row norms of x)."""
-    d2 = sq.unsqueeze(1) - 2.0 * (x @ centres.T) + centres.square().sum(1).unsqueeze(0)
-    return d2.clamp_(min=0.0)
+    """``(M, N)`` squared distances of every centre to every point, through one matrix
+    product (``sq`` = row norms of x). Centres along rows: the product is about twice as fast
+    as its transpose, and the reductions over the points run along contiguous rows."""
+    d2 = torch.addmm(centres.square().sum(1).unsqueeze(1), centres, x.T, alpha=-2.0)
+    return d2.add_(sq).clamp_(min=0.0)
+
+
+def _first_argmin(scores: torch.Tensor, dim: int) -> torch.Tensor:
+    """``scores.argmin(dim)`` (the first index on ties), through a minimum and a comparison:
+    ``argmin`` along a dimension other than the last is slower by an order of magnitude."""
+    k = scores.shape[dim]
+    shape = [1] * scores.dim()
+    shape[dim] = k
+    reverse = torch.arange(k - 1, -1, -1).view(shape)  # the first minimum scores highest
+    lowest = scores.amin(dim, keepdim=True)
+    return (k - 1) - (scores == lowest).mul(reverse).amax(dim)
 
 
 def _seed(x: torch.Tensor, sq: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -89,7 +102,7 @@ def _seed(x: torch.Tensor, sq: torch.Tensor, k: int, generator: torch.Generator)
     trials = 2 + int(math.log(k))
     first = int(torch.randint(n, (1,), generator=generator))
     centres = [x[first]]
-    closest = _squared_distances(x, sq, x[first : first + 1]).squeeze(1)
+    closest = _squared_distances(x, sq, x[first : first + 1]).squeeze(0)
     potential = float(closest.sum())
     for _ in range(1, k):
         if potential <= 0.0:  # every point already on a centre (duplicates): any point
@@ -98,7 +111,7 @@ def _seed(x: torch.Tensor, sq: torch.Tensor, k: int, generator: torch.Generator)
             continue
         draws = torch.rand(trials, generator=generator, dtype=x.dtype) * potential
         candidates = torch.searchsorted(closest.cumsum(0), draws).clamp_(max=n - 1)
-        d2 = _squared_distances(x, sq, x[candidates]).T  # (trials, N)
+        d2 = _squared_distances(x, sq, x[candidates])  # (trials, N)
         lowered = torch.minimum(closest.unsqueeze(0), d2)
         potentials = lowered.sum(1)
         best = int(potentials.argmin())
@@ -110,7 +123,8 @@ def _seed(x: torch.Tensor, sq: torch.Tensor, k: int, generator: torch.Generator)
 def _nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Label of each point's nearest centre: the arg-min of ``||c||^2 - 2 x.c`` (the
     ``||x||^2`` term is the same for every centre)."""
-    return torch.addmm(centres.square().sum(1), x, centres.T, alpha=-2.0).argmin(1)
+    scores = torch.addmm(centres.square().sum(1).unsqueeze(1), centres, x.T, alpha=-2.0)
+    return _first_argmin(scores, 0)
 
 
 def _lloyd(
@@ -118,11 +132,12 @@ def _lloyd(
 ) -> tuple[torch.Tensor, float]:
     """Lloyd iterations from ``centres``; the centres and their inertia."""
     k = centres.shape[0]
+    ids = torch.arange(k).unsqueeze(1)
     for _ in range(max_iter):
         labels = _nearest(x, centres)
-        one_hot = torch.nn.functional.one_hot(labels, k).to(x.dtype)  # (N, K)
-        counts = one_hot.sum(0)
-        sums = one_hot.T @ x
+        one_hot = (labels.unsqueeze(0) == ids).to(x.dtype)  # (K, N)
+        counts = one_hot.sum(1)
+        sums = one_hot @ x
         new = sums / counts.clamp(min=1.0).unsqueeze(1)
         empty = torch.nonzero(counts == 0).flatten()
         if empty.numel():
@@ -134,7 +149,7 @@ def _lloyd(
         if shift <= tol:
             break
     d2 = _squared_distances(x, sq, centres)
-    return centres, float(d2.amin(1).sum())
+    return centres, float(d2.amin(0).sum())
 
 
 def _seed_batch(
@@ -151,20 +166,24 @@ def _seed_batch(
     firsts, draws = [], []
     for _ in range(n_seeds):  # the draws of _seed, seeding after seeding
         firsts.append(int(torch.randint(n, (1,), generator=generator)))
-        draws.append([torch.rand(trials, generator=generator, dtype=x.dtype) for _ in range(1, k)])
+        # One call for the K - 1 draws of _seed: CPU uniform draws are taken one after
+        # another, so the values are those of K - 1 calls.
+        draws.append(torch.rand(k - 1, trials, generator=generator, dtype=x.dtype))
     chosen = torch.tensor(firsts)
     centres = [x[chosen]]  # (B, D) per centre
-    closest = _squared_distances(x, sq, centres[0]).T.contiguous()  # (B, N)
+    closest = _squared_distances(x, sq, centres[0])  # (B, N)
     potential = closest.sum(1)
     rows = torch.arange(n_seeds)
     checked = potential  # the potential each draw is scaled by, the last (smallest) kept
+    uniforms = torch.stack(draws, 1) if k > 1 else None  # (K - 1, B, trials)
     for i in range(1, k):
         checked = potential
-        u = torch.stack([d[i - 1] for d in draws])  # (B, trials)
         cumulative = closest.cumsum(1)
-        candidates = torch.searchsorted(cumulative, u * potential.unsqueeze(1)).clamp_(max=n - 1)
-        d2 = _squared_distances(x, sq, x[candidates.flatten()])  # (N, B * trials)
-        lowered = torch.minimum(closest.unsqueeze(1), d2.T.view(n_seeds, trials, n))
+        candidates = torch.searchsorted(
+            cumulative, uniforms[i - 1] * potential.unsqueeze(1)
+        ).clamp_(max=n - 1)
+        d2 = _squared_distances(x, sq, x[candidates.flatten()])  # (B * trials, N)
+        lowered = torch.minimum(closest.unsqueeze(1), d2.view(n_seeds, trials, n))
         potentials = lowered.sum(2)  # (B, trials)
         best = potentials.argmin(1)
         closest, potential = lowered[rows, best], potentials[rows, best]
@@ -185,20 +204,20 @@ def _lloyd_batch(
     n = x.shape[0]
     centres = centres.clone()
     active = list(range(b))
-    offsets = (torch.arange(b) * k).unsqueeze(0)  # label j of set i is column i * K + j
+    ids = torch.arange(k).view(1, k, 1)
     for _ in range(max_iter):
         a = len(active)
         current = centres if a == b else centres[active]
         flat = current.reshape(a * k, d)
-        scores = torch.addmm(flat.square().sum(1), x, flat.T, alpha=-2.0)
-        labels = scores.view(n, a, k).argmin(2)  # (N, A)
-        one_hot = torch.zeros(n, a * k, dtype=x.dtype).scatter_(1, labels + offsets[:, :a], 1.0)
-        counts = one_hot.sum(0).view(a, k)
-        new = (one_hot.T @ x).view(a, k, d) / counts.unsqueeze(2)
+        scores = torch.addmm(flat.square().sum(1).unsqueeze(1), flat, x.T, alpha=-2.0)
+        labels = _first_argmin(scores.view(a, k, n), 1)  # (A, N)
+        one_hot = (labels.unsqueeze(1) == ids).to(x.dtype).view(a * k, n)
+        counts = one_hot.sum(1).view(a, k)
+        new = (one_hot @ x).view(a, k, d) / counts.unsqueeze(2)
         if not bool(counts.all()):  # an empty cluster (0 / 0 above): to the farthest point
             for i in torch.nonzero((counts == 0).any(1)).flatten().tolist():
                 empty = torch.nonzero(counts[i] == 0).flatten()
-                own = (x - current[i][labels[:, i]]).square().sum(1)
+                own = (x - current[i][labels[i]]).square().sum(1)
                 far = own.argsort(descending=True)[: empty.numel()]
                 new[i, empty] = x[far]
         moving = ((new - current).square().sum((1, 2)) > tol).tolist()
@@ -209,13 +228,13 @@ def _lloyd_batch(
         active = [i for i, keep in zip(active, moving, strict=True) if keep]
         if not active:
             break
-    d2 = _squared_distances(x, sq, centres.reshape(b * k, d)).view(n, b, k)
-    inertias = d2.amin(2).sum(0)
+    d2 = _squared_distances(x, sq, centres.reshape(b * k, d)).view(b, k, n)
+    inertias = d2.amin(1).sum(1)
     close = inertias.min() * (1 + 1e-9)
     if b > 1 and int((inertias <= close).sum()) > 1:
         # Near tie (sets that reached the same partition): each set's inertia exactly as
         # :func:`_lloyd` adds it up, so that the tie is broken as one seeding at a time breaks it.
-        inertias = torch.stack([_squared_distances(x, sq, c).amin(1).sum() for c in centres])
+        inertias = torch.stack([_squared_distances(x, sq, c).amin(0).sum() for c in centres])
     return centres, inertias
 
 
