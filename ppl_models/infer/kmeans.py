@@ -127,20 +127,34 @@ def _nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return _first_argmin(scores, 0)
 
 
+def _assign(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-hot ``(..., K, N)`` of each point's nearest centre along dimension -2 of the
+    ``scores`` (the first on ties), and each centre's count ``(..., K)``.
+
+    Where no point has two nearest centres (ties need exactly equal scores), the one-hot is
+    the comparison of the scores with their minimum, without the arg-min."""
+    one_hot = (scores == scores.amin(-2, keepdim=True)).to(scores.dtype)
+    counts = one_hot.sum(-1)
+    if int(counts.sum()) != scores.numel() // scores.shape[-2]:  # a tie: the first minimum
+        labels = _first_argmin(scores, scores.dim() - 2).unsqueeze(-2)
+        ids = torch.arange(scores.shape[-2]).unsqueeze(1)
+        one_hot = (labels == ids).to(scores.dtype)
+        counts = one_hot.sum(-1)
+    return one_hot, counts
+
+
 def _lloyd(
     x: torch.Tensor, sq: torch.Tensor, centres: torch.Tensor, max_iter: int, tol: float
 ) -> tuple[torch.Tensor, float]:
     """Lloyd iterations from ``centres``; the centres and their inertia."""
-    k = centres.shape[0]
-    ids = torch.arange(k).unsqueeze(1)
     for _ in range(max_iter):
-        labels = _nearest(x, centres)
-        one_hot = (labels.unsqueeze(0) == ids).to(x.dtype)  # (K, N)
-        counts = one_hot.sum(1)
+        scores = torch.addmm(centres.square().sum(1).unsqueeze(1), centres, x.T, alpha=-2.0)
+        one_hot, counts = _assign(scores)  # (K, N), (K,)
         sums = one_hot @ x
         new = sums / counts.clamp(min=1.0).unsqueeze(1)
         empty = torch.nonzero(counts == 0).flatten()
         if empty.numel():
+            labels = _first_argmin(scores, 0)
             own = (x - centres[labels]).square().sum(1)
             far = own.argsort(descending=True)[: empty.numel()]
             new[empty] = x[far]
@@ -204,17 +218,15 @@ def _lloyd_batch(
     n = x.shape[0]
     centres = centres.clone()
     active = list(range(b))
-    ids = torch.arange(k).view(1, k, 1)
     for _ in range(max_iter):
         a = len(active)
         current = centres if a == b else centres[active]
         flat = current.reshape(a * k, d)
         scores = torch.addmm(flat.square().sum(1).unsqueeze(1), flat, x.T, alpha=-2.0)
-        labels = _first_argmin(scores.view(a, k, n), 1)  # (A, N)
-        one_hot = (labels.unsqueeze(1) == ids).to(x.dtype).view(a * k, n)
-        counts = one_hot.sum(1).view(a, k)
-        new = (one_hot @ x).view(a, k, d) / counts.unsqueeze(2)
+        one_hot, counts = _assign(scores.view(a, k, n))  # (A, K, N), (A, K)
+        new = (one_hot.view(a * k, n) @ x).view(a, k, d) / counts.unsqueeze(2)
         if not bool(counts.all()):  # an empty cluster (0 / 0 above): to the farthest point
+            labels = _first_argmin(scores.view(a, k, n), 1)  # (A, N)
             for i in torch.nonzero((counts == 0).any(1)).flatten().tolist():
                 empty = torch.nonzero(counts[i] == 0).flatten()
                 own = (x - current[i][labels[i]]).square().sum(1)
