@@ -304,9 +304,11 @@ def _best_centres(
     max_iter: int,
     tol: float,
     sample_size: int | None,
+    centred: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The centred data, their mean, the best centres (centred coordinates) and the subsample
-    indices of :func:`kmeans`."""
+    indices of :func:`kmeans` (``centred``: ``data`` are the centred data already, their
+    mean is reported as 0)."""
     n = data.shape[0]
     n_init = N_INIT if n_init is None else n_init
     sample_size = SAMPLE_PER_CENTRE * k if sample_size is None else sample_size
@@ -315,8 +317,11 @@ def _best_centres(
     if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
         raise ValueError(f"n_init must be a positive integer; got {n_init!r}")
     with torch.no_grad():
-        centre = data.mean(0)
-        x = data - centre
+        if centred:
+            centre, x = torch.zeros(data.shape[1], dtype=data.dtype), data
+        else:
+            centre = data.mean(0)
+            x = data - centre
         sample, index = x, None
         if n > sample_size:
             index = torch.randperm(n, generator=generator)[:sample_size]
@@ -347,10 +352,17 @@ def kmeans_labels(
     max_iter: int = MAX_ITER,
     tol: float = TOL,
     sample_size: int | None = None,
+    centred: bool = False,
 ) -> torch.Tensor:
     """The label ``(N,)`` of every point under :func:`kmeans`'s centres: the same labels
-    (same options), without the inertia over all points."""
-    x, _, centres, _ = _best_centres(data, k, generator, n_init, max_iter, tol, sample_size)
+    (same options), without the inertia over all points.
+
+    ``centred=True`` says that ``data`` are already ``data - data.mean(0)`` of the points to
+    cluster (as :func:`kmeans` computes them first): the labels are those of the uncentred
+    data, without the centring pass."""
+    x, _, centres, _ = _best_centres(
+        data, k, generator, n_init, max_iter, tol, sample_size, centred
+    )
     with torch.no_grad():
         return _nearest(x, centres)
 

@@ -49,6 +49,12 @@ class EMData(NamedTuple):
     n_quad: int
     max_sq_norm: float
 
+    def centred(self) -> torch.Tensor:
+        """``(N, D)`` data minus ``centre``: a view of the features' linear columns (which
+        must exist)."""
+        assert self.features is not None
+        return self.features[:, self.n_quad : self.n_quad + self.data.shape[1]]
+
 
 class GaussianMixture(FiniteMixture, ClosedFormEM):
     r"""Gaussian mixture model with the cluster label summed out exactly.
