@@ -28,6 +28,18 @@ _MAX_FEATURES = 1 << 25
 
 
 @functools.cache
+def _symmetric_index(d: int) -> torch.Tensor:
+    """``(d * d,)`` position, among the upper-triangle features of :func:`_upper_triangle`,
+    of each entry ``(i, j)`` of a symmetric ``(d, d)`` matrix (row-major)."""
+    rows, cols = torch.triu_indices(d, d)
+    index = torch.empty(d, d, dtype=torch.long)
+    position = torch.arange(rows.shape[0])
+    index[rows, cols] = position
+    index[cols, rows] = position
+    return index.flatten()
+
+
+@functools.cache
 def _upper_triangle(d: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row and column indices of the upper triangle of a ``(d, d)`` matrix (the order of the
     quadratic features), and the quadratic form's coefficient of each: -1/2 on the diagonal,
@@ -374,14 +386,12 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
         shift = means - prep.centre  # mu_k - c
         # sum_n r (x - mu)(x - mu)^T = S2 - S1 m^T - m S1^T + R m m^T (x, m centred at c)
         if self.covariance_type == "full":
-            rows, cols, _ = _upper_triangle(d, moments.dtype)
-            second = torch.empty(moments.shape[0], d, d, dtype=moments.dtype)
-            second[:, rows, cols] = moments[:, : prep.n_quad]
-            second[:, cols, rows] = moments[:, : prep.n_quad]
+            second = moments[:, _symmetric_index(d)].view(-1, d, d)  # one gather
             cross = first.unsqueeze(-1) * shift.unsqueeze(-2)
             outer = raw[:, None, None] * shift.unsqueeze(-1) * shift.unsqueeze(-2)
             cov = (second - cross - cross.mT + outer) / nk[:, None, None]
-            cov = cov + reg_covar * torch.eye(d, dtype=cov.dtype)
+            # + reg_covar on the diagonal (the same sums as adding reg_covar * I)
+            cov.diagonal(dim1=-2, dim2=-1).add_(reg_covar)
         else:
             second = moments[:, :d]
             cov = second - 2 * first * shift + raw.unsqueeze(1) * shift.square()
