@@ -232,11 +232,13 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
             centre = data.mean(0)
             # Built feature by feature as rows of an (F, N) array (contiguous writes), and
             # returned as its (N, F) transpose: the products with it are as fast either way.
-            xt = torch.sub(data.T, centre.unsqueeze(1), out=torch.empty(d, n, dtype=data.dtype))
-            max_sq = float(xt.square().sum(0).max())
             if n * (n_quad + d + 1) > max(2 * n * self.n_components * d, _MAX_FEATURES):
-                return EMData(data, centre, None, n_quad, max_sq)
+                xt = torch.sub(data.T, centre.unsqueeze(1), out=torch.empty(d, n, dtype=data.dtype))
+                return EMData(data, centre, None, n_quad, float(xt.square().sum(0).max()))
             rows = torch.empty(n_quad + d + 1, n, dtype=data.dtype)
+            # the linear features x - centre, written in place
+            xt = torch.sub(data.T, centre.unsqueeze(1), out=rows[n_quad : n_quad + d])
+            max_sq = float(xt.square().sum(0).max())
             if self.covariance_type == "full":
                 col = 0
                 for i in range(d):
@@ -244,7 +246,6 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
                     col += d - i
             else:
                 torch.square(xt, out=rows[:d])
-            rows[n_quad : n_quad + d] = xt
             rows[-1] = 1.0
             features = rows.T
         return EMData(data, centre, features, n_quad, max_sq)
