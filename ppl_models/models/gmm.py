@@ -27,6 +27,11 @@ _CANCELLATION_LIMIT = 1e5 * torch.finfo(torch.float64).eps
 _MAX_FEATURES = 1 << 25
 
 
+#: Key under which :meth:`GaussianMixture.em_start_from_labels` leaves the precision factors
+#: it computed (and found well conditioned) in its state, for the first E-step.
+_CHECKED_FACTORS = "_checked_precision_factors"
+
+
 @functools.cache
 def _symmetric_index(d: int) -> torch.Tensor:
     """``(d * d,)`` position, among the upper-triangle features of :func:`_upper_triangle`,
@@ -301,9 +306,13 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
         responsibilities ``(K, N)``; ``None`` when the exact path is needed."""
         if prep.features is None:
             return None
-        prec, log_det, means_c, largest = self._em_precisions(state, prep.centre)
-        if not self._em_well_conditioned(prep, means_c, largest):
-            return None
+        checked = state.get(_CHECKED_FACTORS)  # a start state's, already found conditioned
+        if checked is not None:
+            prec, log_det, means_c, _ = checked
+        else:
+            prec, log_det, means_c, largest = self._em_precisions(state, prep.centre)
+            if not self._em_well_conditioned(prep, means_c, largest):
+                return None
         # (K, N) layout: the reductions over components run along contiguous rows.
         log_joint = self._em_weights(state, prec, log_det, means_c) @ prep.features.T
         top = log_joint.amax(0)
@@ -369,12 +378,14 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
                 return None
             state = self._em_state_from_moments(prepared, moments, reg_covar)
             try:
-                _, _, means_c, largest = self._em_precisions(state, prepared.centre)
+                factors = self._em_precisions(state, prepared.centre)
             except torch.linalg.LinAlgError:
                 return None
-            if not self._em_well_conditioned(prepared, means_c, largest):
+            if not self._em_well_conditioned(prepared, factors[2], factors[3]):
                 return None
-        return state
+        # Kept for the first E-step (which would compute and check them again); the key is
+        # read nowhere else, the state's moments are not changed after this.
+        return {**state, _CHECKED_FACTORS: factors}
 
     def _em_state_from_moments(self, prep: EMData, moments: torch.Tensor, reg_covar):
         """The M-step's state from the ``(K, F)`` responsibility-weighted feature sums."""
