@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 
@@ -25,6 +26,16 @@ _CANCELLATION_LIMIT = 1e5 * torch.finfo(torch.float64).eps
 #: built; beyond it only if no larger than twice the exact path's ``(K, N, D)`` temporaries
 #: (so large full-covariance problems with D above ~4K use the exact path).
 _MAX_FEATURES = 1 << 25
+
+
+def _exp_(t: torch.Tensor) -> torch.Tensor:
+    """``t.exp_()``; through NumPy for a CPU tensor, whose vectorised ``exp`` is about twice as
+    fast as torch's here (float64; the same values to the last unit or so)."""
+    if t.device.type == "cpu" and not t.requires_grad:
+        array = t.numpy()
+        np.exp(array, out=array)
+        return t
+    return t.exp_()
 
 
 #: Key under which :meth:`GaussianMixture.em_start_from_labels` leaves the precision factors
@@ -316,7 +327,7 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
         # (K, N) layout: the reductions over components run along contiguous rows.
         log_joint = self._em_weights(state, prec, log_det, means_c) @ prep.features.T
         top = log_joint.amax(0)
-        expd = log_joint.sub_(top).exp_()
+        expd = _exp_(log_joint.sub_(top))
         total = expd.sum(0)
         ll = float(total.log().add_(top).sum())
         if not math.isfinite(ll):  # an observation with no finite density: the exact path
