@@ -273,9 +273,7 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
         d = means.shape[1]
         if self.covariance_type == "full":
             chol = torch.linalg.cholesky(cov)
-            eye = torch.eye(d, dtype=cov.dtype).expand_as(chol)
-            prec_chol = torch.linalg.solve_triangular(chol, eye, upper=False).mT
-            prec = prec_chol @ prec_chol.mT
+            prec = torch.cholesky_inverse(chol)  # (L L^T)^{-1} in one LAPACK call
             log_det = torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)
             largest = torch.diagonal(prec, dim1=-2, dim2=-1).sum(-1)  # trace >= lambda_max
         else:
