@@ -578,3 +578,20 @@ def test_hostile_file_gives_value_error(tmp_path: Path, name: str) -> None:
     assert str(p) in message and "\n" not in message
     assert "pickle" not in message.lower() or "pickled python objects" in message.lower()
     assert "allow_pickle" not in message
+
+
+def test_check_data_finite_values_whose_sum_overflows_are_finite() -> None:
+    # Finite values near the top of float64 (and of float32): their sum overflows, which must
+    # not be taken for an infinite value; NaN and infinities among them are still counted.
+    big = np.array([[1e308, -1e308], [1e308, -1e308], [1.5e308, 1.0]])
+    out = check_data(big)
+    assert out.dtype == torch.float64 and np.array_equal(out.numpy(), big)
+    big32 = torch.tensor([[3e38, 3e38], [3e38, 1.0]], dtype=torch.float32)
+    assert torch.equal(check_data(big32), big32)
+    mixed = big.copy()
+    mixed[0, 1], mixed[2, 0] = np.inf, np.nan
+    expected = f"contains {int(np.isnan(mixed).sum())} NaN and {int(np.isinf(mixed).sum())}"
+    with pytest.raises(ValueError, match=expected + r" infinite value\(s\)"):
+        check_data(mixed)
+    with pytest.raises(ValueError, match=r"contains 0 NaN and 2 infinite value\(s\)"):
+        check_data(np.array([[np.inf, -np.inf], [1.0, 2.0]]))  # their sum is NaN

@@ -233,3 +233,38 @@ def test_batched_lloyd_moves_empty_clusters_as_one_at_a_time() -> None:
         assert torch.equal(centres[j], reference)
         assert float(inertias[j]) == pytest.approx(inertia, rel=1e-12)
         assert (centres[j] - x.unsqueeze(1)).square().sum(-1).argmin(1).unique().numel() == 3
+
+
+def test_nearest_centre_on_exact_ties_is_the_first_as_argmin() -> None:
+    # Points on an integer grid and centres at half-integers: many points are exactly as far
+    # from two or more centres. The label (and the one-hot of the Lloyd step) must be the
+    # first nearest centre, as torch.argmin over an explicit distance table picks it.
+    from ppl_models.infer import kmeans as km
+
+    grid = torch.cartesian_prod(torch.arange(6.0), torch.arange(6.0)).to(torch.float64)
+    centres = torch.tensor([[0.5, 0.5], [1.5, 0.5], [0.5, 1.5], [4.0, 4.0]], dtype=torch.float64)
+    brute = torch.stack([(grid - c).square().sum(1) for c in centres], 1)  # (N, K)
+    reference = brute.argmin(1)
+    ties = (brute == brute.amin(1, keepdim=True)).sum(1) > 1
+    assert int(ties.sum()) > 0  # the case under test is present
+    assert torch.equal(km._nearest(grid, centres), reference)
+    scores = brute.T.contiguous()
+    one_hot, counts = km._assign(scores)
+    assert torch.equal(one_hot.argmax(0), reference)
+    assert torch.equal(one_hot.sum(0), torch.ones(36, dtype=torch.float64))  # one label each
+    assert torch.equal(counts, torch.bincount(reference, minlength=4).to(torch.float64))
+    # batched layout (sets, K, N): each set as alone
+    both = torch.stack([scores, scores.flip(0)])
+    one_hot_b, _ = km._assign(both)
+    assert torch.equal(one_hot_b[0], one_hot)
+    assert torch.equal(one_hot_b[1].argmax(0), scores.flip(0).T.argmin(1))
+
+
+def test_kmeans_labels_of_centred_data_are_those_of_the_data(five: np.ndarray) -> None:
+    x = torch.as_tensor(five) + 1e3
+    for seed in range(3):
+        labels = kmeans_labels(x, 5, torch.Generator().manual_seed(seed))
+        centred = kmeans_labels(x - x.mean(0), 5, torch.Generator().manual_seed(seed), centred=True)
+        assert torch.equal(labels, centred)
+        brute = kmeans(x, 5, torch.Generator().manual_seed(seed)).labels
+        assert torch.equal(labels, brute)

@@ -49,7 +49,7 @@ from ppl_models.infer.regularisation import (
 from ppl_models.infer.result import FitResult
 from ppl_models.infer.standard_errors import compute_standard_errors
 from ppl_models.models import ClosedFormEM, FiniteMixture, LatentModel, MixtureModel
-from ppl_models.models.gmm import GaussianMixture
+from ppl_models.models.gmm import EMData, GaussianMixture
 
 __all__ = ["fit_em", "kmeans_plus_plus"]
 
@@ -141,6 +141,15 @@ class _ClosedForm:
     def from_params(self, params: Mapping[str, torch.Tensor]):
         _require_sites(params, self.model.global_sites(self.data.shape[1]))
         return self.model.em_state(params)
+
+    def kmeans_labels(self, k: int, generator: torch.Generator) -> torch.Tensor:
+        """The k-means start's labels (:func:`~ppl_models.infer.kmeans.kmeans_labels`), on
+        the prepared centred data when the model has them (the same values, not centred
+        again)."""
+        prepared = self._prepared
+        if isinstance(prepared, EMData) and prepared.features is not None:
+            return kmeans_labels(prepared.centred(), k, generator, centred=True)
+        return kmeans_labels(self.data, k, generator)
 
     def from_labels(self, labels: torch.Tensor, k: int):
         """The M-step from hard clusters (a k-means start): a Gaussian mixture's from its
@@ -435,7 +444,7 @@ def _initial_state(engine, init, data: torch.Tensor, k: int, generator: torch.Ge
             "init={site: value} for the model's global sites"
         )
     if init == "kmeans" and isinstance(engine, _ClosedForm):  # no (N, K) responsibilities
-        return engine.from_labels(kmeans_labels(data, k, generator), k)
+        return engine.from_labels(engine.kmeans_labels(k, generator), k)
     if init == "kmeans":
         return engine.from_resp(kmeans_responsibilities(data, k, generator))
     if init == "kmeans++":
@@ -660,7 +669,9 @@ def fit_em(
     if data.dtype != dtype:
         check_resolution(data, columns)  # as given: float32 data near 1e8 are already rounded
         data = data.to(dtype)
-    variance = feature_variance(data)
+    mean = data.mean(0)
+    centred = data - mean
+    variance = centred.square().mean(0)  # feature_variance(data), the centred data kept
     check_resolution(data, columns, variance=variance)  # in the precision of the fit
     reg = reg_covar_per_feature(data, reg_covar, reg_covar_mode, variance=variance)
     objective = _resolve_objective(model, objective)
@@ -686,8 +697,9 @@ def fit_em(
     start_time = time.perf_counter()
     # Closed-form ML iterations run on centred data (exactly the same likelihood): the
     # models' expanded quadratic forms would otherwise lose their precision to an offset.
-    shift = data.mean(0) if m_step == "closed_form" else None
-    work = data if shift is None else data - shift
+    shift = mean if m_step == "closed_form" else None
+    work = data if shift is None else centred
+    del centred
     if m_step == "closed_form":
         engine = _ClosedForm(model, work, reg, data_var=variance)
     else:

@@ -32,7 +32,12 @@ centres are exactly those of :func:`_seed` and :func:`_lloyd` run one seeding at
 fallback when a sample holds fewer distinct points than centres). At the sizes of an EM start
 the cost is per operation, not per point: batching saved about a quarter of k-means' time on
 10,000 x 10 (K=5). :func:`kmeans_labels` gives the labels without the inertia over all
-points, which EM's start does not need.
+points, which EM's start does not need, and skips the centring when given the centred data.
+
+Distances are computed with the centres along rows, ``(K, N)`` (that product is about twice as
+fast as its transpose), and a Lloyd step's one-hot assignment is the comparison of each point's
+scores with their minimum (``argmin`` along a dimension other than the last is an order of
+magnitude slower); the arg-min is taken only on exact ties, for the first nearest centre.
 
 The data are centred first, so that an offset (values near :math:`10^8`) does not cost the
 squared distances their precision. Everything is equivariant to a common rescaling of the data
@@ -78,9 +83,22 @@ class KMeansFit(NamedTuple):
 
 
 def _squared_distances(x: torch.Tensor, sq: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """``(N, M)`` squared distances, through one matrix product (``sq`` = row norms of x)."""
-    d2 = sq.unsqueeze(1) - 2.0 * (x @ centres.T) + centres.square().sum(1).unsqueeze(0)
-    return d2.clamp_(min=0.0)
+    """``(M, N)`` squared distances of every centre to every point, through one matrix
+    product (``sq`` = row norms of x). Centres along rows: the product is about twice as fast
+    as its transpose, and the reductions over the points run along contiguous rows."""
+    d2 = torch.addmm(centres.square().sum(1).unsqueeze(1), centres, x.T, alpha=-2.0)
+    return d2.add_(sq).clamp_(min=0.0)
+
+
+def _first_argmin(scores: torch.Tensor, dim: int) -> torch.Tensor:
+    """``scores.argmin(dim)`` (the first index on ties), through a minimum and a comparison:
+    ``argmin`` along a dimension other than the last is slower by an order of magnitude."""
+    k = scores.shape[dim]
+    shape = [1] * scores.dim()
+    shape[dim] = k
+    reverse = torch.arange(k - 1, -1, -1).view(shape)  # the first minimum scores highest
+    lowest = scores.amin(dim, keepdim=True)
+    return (k - 1) - (scores == lowest).mul(reverse).amax(dim)
 
 
 def _seed(x: torch.Tensor, sq: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -89,7 +107,7 @@ def _seed(x: torch.Tensor, sq: torch.Tensor, k: int, generator: torch.Generator)
     trials = 2 + int(math.log(k))
     first = int(torch.randint(n, (1,), generator=generator))
     centres = [x[first]]
-    closest = _squared_distances(x, sq, x[first : first + 1]).squeeze(1)
+    closest = _squared_distances(x, sq, x[first : first + 1]).squeeze(0)
     potential = float(closest.sum())
     for _ in range(1, k):
         if potential <= 0.0:  # every point already on a centre (duplicates): any point
@@ -98,7 +116,7 @@ def _seed(x: torch.Tensor, sq: torch.Tensor, k: int, generator: torch.Generator)
             continue
         draws = torch.rand(trials, generator=generator, dtype=x.dtype) * potential
         candidates = torch.searchsorted(closest.cumsum(0), draws).clamp_(max=n - 1)
-        d2 = _squared_distances(x, sq, x[candidates]).T  # (trials, N)
+        d2 = _squared_distances(x, sq, x[candidates])  # (trials, N)
         lowered = torch.minimum(closest.unsqueeze(0), d2)
         potentials = lowered.sum(1)
         best = int(potentials.argmin())
@@ -110,22 +128,38 @@ def _seed(x: torch.Tensor, sq: torch.Tensor, k: int, generator: torch.Generator)
 def _nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """Label of each point's nearest centre: the arg-min of ``||c||^2 - 2 x.c`` (the
     ``||x||^2`` term is the same for every centre)."""
-    return torch.addmm(centres.square().sum(1), x, centres.T, alpha=-2.0).argmin(1)
+    scores = torch.addmm(centres.square().sum(1).unsqueeze(1), centres, x.T, alpha=-2.0)
+    return _first_argmin(scores, 0)
+
+
+def _assign(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-hot ``(..., K, N)`` of each point's nearest centre along dimension -2 of the
+    ``scores`` (the first on ties), and each centre's count ``(..., K)``.
+
+    Where no point has two nearest centres (ties need exactly equal scores), the one-hot is
+    the comparison of the scores with their minimum, without the arg-min."""
+    one_hot = (scores == scores.amin(-2, keepdim=True)).to(scores.dtype)
+    counts = one_hot.sum(-1)
+    if int(counts.sum()) != scores.numel() // scores.shape[-2]:  # a tie: the first minimum
+        labels = _first_argmin(scores, scores.dim() - 2).unsqueeze(-2)
+        ids = torch.arange(scores.shape[-2]).unsqueeze(1)
+        one_hot = (labels == ids).to(scores.dtype)
+        counts = one_hot.sum(-1)
+    return one_hot, counts
 
 
 def _lloyd(
     x: torch.Tensor, sq: torch.Tensor, centres: torch.Tensor, max_iter: int, tol: float
 ) -> tuple[torch.Tensor, float]:
     """Lloyd iterations from ``centres``; the centres and their inertia."""
-    k = centres.shape[0]
     for _ in range(max_iter):
-        labels = _nearest(x, centres)
-        one_hot = torch.nn.functional.one_hot(labels, k).to(x.dtype)  # (N, K)
-        counts = one_hot.sum(0)
-        sums = one_hot.T @ x
+        scores = torch.addmm(centres.square().sum(1).unsqueeze(1), centres, x.T, alpha=-2.0)
+        one_hot, counts = _assign(scores)  # (K, N), (K,)
+        sums = one_hot @ x
         new = sums / counts.clamp(min=1.0).unsqueeze(1)
         empty = torch.nonzero(counts == 0).flatten()
         if empty.numel():
+            labels = _first_argmin(scores, 0)
             own = (x - centres[labels]).square().sum(1)
             far = own.argsort(descending=True)[: empty.numel()]
             new[empty] = x[far]
@@ -134,7 +168,7 @@ def _lloyd(
         if shift <= tol:
             break
     d2 = _squared_distances(x, sq, centres)
-    return centres, float(d2.amin(1).sum())
+    return centres, float(d2.amin(0).sum())
 
 
 def _seed_batch(
@@ -151,20 +185,24 @@ def _seed_batch(
     firsts, draws = [], []
     for _ in range(n_seeds):  # the draws of _seed, seeding after seeding
         firsts.append(int(torch.randint(n, (1,), generator=generator)))
-        draws.append([torch.rand(trials, generator=generator, dtype=x.dtype) for _ in range(1, k)])
+        # One call for the K - 1 draws of _seed: CPU uniform draws are taken one after
+        # another, so the values are those of K - 1 calls.
+        draws.append(torch.rand(k - 1, trials, generator=generator, dtype=x.dtype))
     chosen = torch.tensor(firsts)
     centres = [x[chosen]]  # (B, D) per centre
-    closest = _squared_distances(x, sq, centres[0]).T.contiguous()  # (B, N)
+    closest = _squared_distances(x, sq, centres[0])  # (B, N)
     potential = closest.sum(1)
     rows = torch.arange(n_seeds)
     checked = potential  # the potential each draw is scaled by, the last (smallest) kept
+    uniforms = torch.stack(draws, 1) if k > 1 else None  # (K - 1, B, trials)
     for i in range(1, k):
         checked = potential
-        u = torch.stack([d[i - 1] for d in draws])  # (B, trials)
         cumulative = closest.cumsum(1)
-        candidates = torch.searchsorted(cumulative, u * potential.unsqueeze(1)).clamp_(max=n - 1)
-        d2 = _squared_distances(x, sq, x[candidates.flatten()])  # (N, B * trials)
-        lowered = torch.minimum(closest.unsqueeze(1), d2.T.view(n_seeds, trials, n))
+        candidates = torch.searchsorted(
+            cumulative, uniforms[i - 1] * potential.unsqueeze(1)
+        ).clamp_(max=n - 1)
+        d2 = _squared_distances(x, sq, x[candidates.flatten()])  # (B * trials, N)
+        lowered = torch.minimum(closest.unsqueeze(1), d2.view(n_seeds, trials, n))
         potentials = lowered.sum(2)  # (B, trials)
         best = potentials.argmin(1)
         closest, potential = lowered[rows, best], potentials[rows, best]
@@ -185,20 +223,18 @@ def _lloyd_batch(
     n = x.shape[0]
     centres = centres.clone()
     active = list(range(b))
-    offsets = (torch.arange(b) * k).unsqueeze(0)  # label j of set i is column i * K + j
     for _ in range(max_iter):
         a = len(active)
         current = centres if a == b else centres[active]
         flat = current.reshape(a * k, d)
-        scores = torch.addmm(flat.square().sum(1), x, flat.T, alpha=-2.0)
-        labels = scores.view(n, a, k).argmin(2)  # (N, A)
-        one_hot = torch.zeros(n, a * k, dtype=x.dtype).scatter_(1, labels + offsets[:, :a], 1.0)
-        counts = one_hot.sum(0).view(a, k)
-        new = (one_hot.T @ x).view(a, k, d) / counts.unsqueeze(2)
+        scores = torch.addmm(flat.square().sum(1).unsqueeze(1), flat, x.T, alpha=-2.0)
+        one_hot, counts = _assign(scores.view(a, k, n))  # (A, K, N), (A, K)
+        new = (one_hot.view(a * k, n) @ x).view(a, k, d) / counts.unsqueeze(2)
         if not bool(counts.all()):  # an empty cluster (0 / 0 above): to the farthest point
+            labels = _first_argmin(scores.view(a, k, n), 1)  # (A, N)
             for i in torch.nonzero((counts == 0).any(1)).flatten().tolist():
                 empty = torch.nonzero(counts[i] == 0).flatten()
-                own = (x - current[i][labels[:, i]]).square().sum(1)
+                own = (x - current[i][labels[i]]).square().sum(1)
                 far = own.argsort(descending=True)[: empty.numel()]
                 new[i, empty] = x[far]
         moving = ((new - current).square().sum((1, 2)) > tol).tolist()
@@ -209,13 +245,13 @@ def _lloyd_batch(
         active = [i for i, keep in zip(active, moving, strict=True) if keep]
         if not active:
             break
-    d2 = _squared_distances(x, sq, centres.reshape(b * k, d)).view(n, b, k)
-    inertias = d2.amin(2).sum(0)
+    d2 = _squared_distances(x, sq, centres.reshape(b * k, d)).view(b, k, n)
+    inertias = d2.amin(1).sum(1)
     close = inertias.min() * (1 + 1e-9)
     if b > 1 and int((inertias <= close).sum()) > 1:
         # Near tie (sets that reached the same partition): each set's inertia exactly as
         # :func:`_lloyd` adds it up, so that the tie is broken as one seeding at a time breaks it.
-        inertias = torch.stack([_squared_distances(x, sq, c).amin(1).sum() for c in centres])
+        inertias = torch.stack([_squared_distances(x, sq, c).amin(0).sum() for c in centres])
     return centres, inertias
 
 
@@ -273,9 +309,11 @@ def _best_centres(
     max_iter: int,
     tol: float,
     sample_size: int | None,
+    centred: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The centred data, their mean, the best centres (centred coordinates) and the subsample
-    indices of :func:`kmeans`."""
+    indices of :func:`kmeans` (``centred``: ``data`` are the centred data already, their
+    mean is reported as 0)."""
     n = data.shape[0]
     n_init = N_INIT if n_init is None else n_init
     sample_size = SAMPLE_PER_CENTRE * k if sample_size is None else sample_size
@@ -284,8 +322,11 @@ def _best_centres(
     if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init < 1:
         raise ValueError(f"n_init must be a positive integer; got {n_init!r}")
     with torch.no_grad():
-        centre = data.mean(0)
-        x = data - centre
+        if centred:
+            centre, x = torch.zeros(data.shape[1], dtype=data.dtype), data
+        else:
+            centre = data.mean(0)
+            x = data - centre
         sample, index = x, None
         if n > sample_size:
             index = torch.randperm(n, generator=generator)[:sample_size]
@@ -316,10 +357,17 @@ def kmeans_labels(
     max_iter: int = MAX_ITER,
     tol: float = TOL,
     sample_size: int | None = None,
+    centred: bool = False,
 ) -> torch.Tensor:
     """The label ``(N,)`` of every point under :func:`kmeans`'s centres: the same labels
-    (same options), without the inertia over all points."""
-    x, _, centres, _ = _best_centres(data, k, generator, n_init, max_iter, tol, sample_size)
+    (same options), without the inertia over all points.
+
+    ``centred=True`` says that ``data`` are already ``data - data.mean(0)`` of the points to
+    cluster (as :func:`kmeans` computes them first): the labels are those of the uncentred
+    data, without the centring pass."""
+    x, _, centres, _ = _best_centres(
+        data, k, generator, n_init, max_iter, tol, sample_size, centred
+    )
     with torch.no_grad():
         return _nearest(x, centres)
 

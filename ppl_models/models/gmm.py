@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 
@@ -25,6 +26,33 @@ _CANCELLATION_LIMIT = 1e5 * torch.finfo(torch.float64).eps
 #: built; beyond it only if no larger than twice the exact path's ``(K, N, D)`` temporaries
 #: (so large full-covariance problems with D above ~4K use the exact path).
 _MAX_FEATURES = 1 << 25
+
+
+def _exp_(t: torch.Tensor) -> torch.Tensor:
+    """``t.exp_()``; through NumPy for a CPU tensor, whose vectorised ``exp`` is about twice as
+    fast as torch's here (float64; the same values to the last unit or so)."""
+    if t.device.type == "cpu" and not t.requires_grad:
+        array = t.numpy()
+        np.exp(array, out=array)
+        return t
+    return t.exp_()
+
+
+#: Key under which :meth:`GaussianMixture.em_start_from_labels` leaves the precision factors
+#: it computed (and found well conditioned) in its state, for the first E-step.
+_CHECKED_FACTORS = "_checked_precision_factors"
+
+
+@functools.cache
+def _symmetric_index(d: int) -> torch.Tensor:
+    """``(d * d,)`` position, among the upper-triangle features of :func:`_upper_triangle`,
+    of each entry ``(i, j)`` of a symmetric ``(d, d)`` matrix (row-major)."""
+    rows, cols = torch.triu_indices(d, d)
+    index = torch.empty(d, d, dtype=torch.long)
+    position = torch.arange(rows.shape[0])
+    index[rows, cols] = position
+    index[cols, rows] = position
+    return index.flatten()
 
 
 @functools.cache
@@ -48,6 +76,12 @@ class EMData(NamedTuple):
     features: torch.Tensor | None  # (N, F): [quadratic terms, x - centre, 1]
     n_quad: int
     max_sq_norm: float
+
+    def centred(self) -> torch.Tensor:
+        """``(N, D)`` data minus ``centre``: a view of the features' linear columns (which
+        must exist)."""
+        assert self.features is not None
+        return self.features[:, self.n_quad : self.n_quad + self.data.shape[1]]
 
 
 class GaussianMixture(FiniteMixture, ClosedFormEM):
@@ -214,11 +248,13 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
             centre = data.mean(0)
             # Built feature by feature as rows of an (F, N) array (contiguous writes), and
             # returned as its (N, F) transpose: the products with it are as fast either way.
-            xt = torch.sub(data.T, centre.unsqueeze(1), out=torch.empty(d, n, dtype=data.dtype))
-            max_sq = float(xt.square().sum(0).max())
             if n * (n_quad + d + 1) > max(2 * n * self.n_components * d, _MAX_FEATURES):
-                return EMData(data, centre, None, n_quad, max_sq)
+                xt = torch.sub(data.T, centre.unsqueeze(1), out=torch.empty(d, n, dtype=data.dtype))
+                return EMData(data, centre, None, n_quad, float(xt.square().sum(0).max()))
             rows = torch.empty(n_quad + d + 1, n, dtype=data.dtype)
+            # the linear features x - centre, written in place
+            xt = torch.sub(data.T, centre.unsqueeze(1), out=rows[n_quad : n_quad + d])
+            max_sq = float(xt.square().sum(0).max())
             if self.covariance_type == "full":
                 col = 0
                 for i in range(d):
@@ -226,7 +262,6 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
                     col += d - i
             else:
                 torch.square(xt, out=rows[:d])
-            rows[n_quad : n_quad + d] = xt
             rows[-1] = 1.0
             features = rows.T
         return EMData(data, centre, features, n_quad, max_sq)
@@ -238,9 +273,7 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
         d = means.shape[1]
         if self.covariance_type == "full":
             chol = torch.linalg.cholesky(cov)
-            eye = torch.eye(d, dtype=cov.dtype).expand_as(chol)
-            prec_chol = torch.linalg.solve_triangular(chol, eye, upper=False).mT
-            prec = prec_chol @ prec_chol.mT
+            prec = torch.cholesky_inverse(chol)  # (L L^T)^{-1} in one LAPACK call
             log_det = torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)
             largest = torch.diagonal(prec, dim1=-2, dim2=-1).sum(-1)  # trace >= lambda_max
         else:
@@ -282,13 +315,17 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
         responsibilities ``(K, N)``; ``None`` when the exact path is needed."""
         if prep.features is None:
             return None
-        prec, log_det, means_c, largest = self._em_precisions(state, prep.centre)
-        if not self._em_well_conditioned(prep, means_c, largest):
-            return None
+        checked = state.get(_CHECKED_FACTORS)  # a start state's, already found conditioned
+        if checked is not None:
+            prec, log_det, means_c, _ = checked
+        else:
+            prec, log_det, means_c, largest = self._em_precisions(state, prep.centre)
+            if not self._em_well_conditioned(prep, means_c, largest):
+                return None
         # (K, N) layout: the reductions over components run along contiguous rows.
         log_joint = self._em_weights(state, prec, log_det, means_c) @ prep.features.T
         top = log_joint.amax(0)
-        expd = log_joint.sub_(top).exp_()
+        expd = _exp_(log_joint.sub_(top))
         total = expd.sum(0)
         ll = float(total.log().add_(top).sum())
         if not math.isfinite(ll):  # an observation with no finite density: the exact path
@@ -350,12 +387,14 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
                 return None
             state = self._em_state_from_moments(prepared, moments, reg_covar)
             try:
-                _, _, means_c, largest = self._em_precisions(state, prepared.centre)
+                factors = self._em_precisions(state, prepared.centre)
             except torch.linalg.LinAlgError:
                 return None
-            if not self._em_well_conditioned(prepared, means_c, largest):
+            if not self._em_well_conditioned(prepared, factors[2], factors[3]):
                 return None
-        return state
+        # Kept for the first E-step (which would compute and check them again); the key is
+        # read nowhere else, the state's moments are not changed after this.
+        return {**state, _CHECKED_FACTORS: factors}
 
     def _em_state_from_moments(self, prep: EMData, moments: torch.Tensor, reg_covar):
         """The M-step's state from the ``(K, F)`` responsibility-weighted feature sums."""
@@ -368,14 +407,12 @@ class GaussianMixture(FiniteMixture, ClosedFormEM):
         shift = means - prep.centre  # mu_k - c
         # sum_n r (x - mu)(x - mu)^T = S2 - S1 m^T - m S1^T + R m m^T (x, m centred at c)
         if self.covariance_type == "full":
-            rows, cols, _ = _upper_triangle(d, moments.dtype)
-            second = torch.empty(moments.shape[0], d, d, dtype=moments.dtype)
-            second[:, rows, cols] = moments[:, : prep.n_quad]
-            second[:, cols, rows] = moments[:, : prep.n_quad]
+            second = moments[:, _symmetric_index(d)].view(-1, d, d)  # one gather
             cross = first.unsqueeze(-1) * shift.unsqueeze(-2)
             outer = raw[:, None, None] * shift.unsqueeze(-1) * shift.unsqueeze(-2)
             cov = (second - cross - cross.mT + outer) / nk[:, None, None]
-            cov = cov + reg_covar * torch.eye(d, dtype=cov.dtype)
+            # + reg_covar on the diagonal (the same sums as adding reg_covar * I)
+            cov.diagonal(dim1=-2, dim2=-1).add_(reg_covar)
         else:
             second = moments[:, :d]
             cov = second - 2 * first * shift + raw.unsqueeze(1) * shift.square()
