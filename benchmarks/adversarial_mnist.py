@@ -20,6 +20,10 @@ training images (intensities in [0, 1]) and scored on the 10000 test images:
     also reported: the same with batch statistics of the test images (batches of 2000), the
     categories used, and per epoch the losses and the categories taken by 2000 training
     images (no labels read during training).
+``infogan-mlp-shared``
+    ``infogan-paper-lr`` (MLP 256-256, the paper's learning rates) with :math:`Q` a head
+    (FC 128) on the discriminator's body instead of its own 256-256 trunk (the earlier
+    ``infogan`` runs keep their own trunk: ``share_discriminator=False``).
 ``aae16``, ``aae30``
     :class:`~ppl_models.models.ClusteringAdversarialAutoencoder` with 16 / 30 clusters
     (Makhzani et al. 2016, section 6). Figure: test error when each cluster is labelled with
@@ -38,8 +42,9 @@ The protocol (networks, optimiser, metrics, seeds) is fixed in :data:`RUNS` and 
 below, before any test figure is seen. Every run writes ``OUT/RUN/checkpoint/`` after each
 epoch; ``--resume`` continues it, also with a larger ``--epochs`` (the learning rates are
 constant, so the first epochs of a longer run are those of a shorter one), and
-``--time-limit`` starts no new epoch after that many seconds. Figures go to
-``OUT/RUN/metrics.json``.
+``--time-limit`` starts no new epoch after that many seconds. ``--evaluate-only`` scores the
+networks of the last checkpoint without training (a run stopped between epochs). Figures go
+to ``OUT/RUN/metrics.json``.
 
     nice -n 15 python benchmarks/adversarial_mnist.py --run aae16 --epochs 5 --out runs/adv
     nice -n 15 python benchmarks/adversarial_mnist.py --run aae16 --epochs 10 --resume \
@@ -76,6 +81,7 @@ from ppl_models.cli.fit_adversarial import make_prior
 from ppl_models.diagnostics import cluster_accuracy
 from ppl_models.images import load_images
 from ppl_models.infer import fit_adversarial
+from ppl_models.infer.checkpoint import load_checkpoint
 from ppl_models.models import AdversarialAutoencoder, ClusteringAdversarialAutoencoder, InfoGAN
 from ppl_models.models.adversarial import imq_kernel, mmd_unbiased
 
@@ -84,6 +90,7 @@ PUBLISHED: dict[str, tuple[str, float, str]] = {
     "infogan": ("categorical-code accuracy", 0.95, "Chen et al. 2016, sec. 7.1 (about 5% error)"),
     "infogan-paper-lr": ("categorical-code accuracy", 0.95, "Chen et al. 2016, sec. 7.1"),
     "infogan-conv": ("categorical-code accuracy", 0.95, "Chen et al. 2016, sec. 7.1"),
+    "infogan-mlp-shared": ("categorical-code accuracy", 0.95, "Chen et al. 2016, sec. 7.1"),
     "aae16": ("test error", 0.0955, "Makhzani et al. 2016, Table 3"),
     "aae30": ("test error", 0.0410, "Makhzani et al. 2016, Table 3"),
 }
@@ -97,7 +104,12 @@ HIDDEN = (256, 256)
 
 def _infogan() -> InfoGAN:
     return InfoGAN(784, 62, n_categories=10, n_continuous=2, hidden=HIDDEN, d_hidden=HIDDEN,
-                   q_hidden=HIDDEN, output="unit")
+                   q_hidden=HIDDEN, share_discriminator=False, output="unit")
+
+
+def _infogan_mlp_shared() -> InfoGAN:
+    return InfoGAN(784, 62, n_categories=10, n_continuous=2, hidden=HIDDEN, d_hidden=HIDDEN,
+                   q_hidden=(128,), output="unit")
 
 
 def _infogan_conv() -> InfoGAN:
@@ -121,6 +133,7 @@ RUNS: dict[str, Callable[[], Any]] = {
     "infogan": _infogan,
     "infogan-paper-lr": _infogan,
     "infogan-conv": _infogan_conv,
+    "infogan-mlp-shared": _infogan_mlp_shared,
     "aae16": _clustering(16),
     "aae30": _clustering(30),
     "aae-mog": _mog,
@@ -132,7 +145,8 @@ RUNS: dict[str, Callable[[], Any]] = {
 #: discriminator winning) had been seen, so it is reported as a second protocol.
 #: ``infogan-conv``: the paper's rates too (fixed before any of its figures was seen).
 OVERRIDES: dict[str, dict[str, Any]] = {"infogan-paper-lr": {"lr": 1e-3, "d_lr": 2e-4},
-                                        "infogan-conv": {"lr": 1e-3, "d_lr": 2e-4}}
+                                        "infogan-conv": {"lr": 1e-3, "d_lr": 2e-4},
+                                        "infogan-mlp-shared": {"lr": 1e-3, "d_lr": 2e-4}}
 
 
 def majority_error(train_clusters: np.ndarray, train_labels: np.ndarray,
@@ -230,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("runs/adversarial_mnist"))
     parser.add_argument("--mmd-size", type=int, default=2000)
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="score the last checkpoint's networks, no training")
     args = parser.parse_args(argv)
     if not args.mnist:
         parser.error("--mnist DIR or PPL_MODELS_MNIST is needed")
@@ -241,6 +257,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(TRAINING["seed"])
     model = RUNS[args.run]()
     training = {**TRAINING, **OVERRIDES.get(args.run, {})}
+    if args.evaluate_only:
+        state = load_checkpoint(out / "checkpoint", model)
+        history = state["history"]
+        figures = {"run": args.run, "model": type(model).__name__, "config": model.config(),
+                   "training": training, "evaluated": "checkpoint", "epochs_done":
+                   int(state["epoch"]), "epoch_seconds": state["extra"]["epoch_seconds"],
+                   "d_loss_per_epoch": _per_epoch(history.get("d_loss", [])),
+                   "g_loss_per_epoch": _per_epoch(history.get("g_loss", [])),
+                   "information_per_epoch": _per_epoch(history.get("information", [])),
+                   "published": PUBLISHED.get(args.run),
+                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        figures.update(evaluate(args.run, model, data, out, args.mmd_size))
+        (out / "metrics.json").write_text(to_json(figures))
+        print(json.dumps({k: v for k, v in figures.items() if k not in ("config", "training")}))
+        return 0
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     result = fit_adversarial(
         model, x_train, num_epochs=args.epochs, time_limit=args.time_limit,
@@ -262,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "d_loss_per_epoch": _per_epoch(result.history.get("d_loss", [])),
         "g_loss_per_epoch": _per_epoch(result.history.get("g_loss", [])),
+        "information_per_epoch": _per_epoch(result.history.get("information", [])),
         "session_epochs": int(result.info["num_epochs"]) - int(result.info.get("resumed_from")
                                                                or 0),
         "published": PUBLISHED.get(args.run),
