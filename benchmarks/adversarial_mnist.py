@@ -178,7 +178,7 @@ def epoch_report(model: Any, x_probe: torch.Tensor) -> Callable[[int, dict], boo
     cpu_start = time.process_time()
 
     def report(epoch: int, history: dict) -> bool:
-        line: dict[str, Any] = {"epoch": epoch + 1,
+        line: dict[str, Any] = {"epochs_done": epoch,
                                 "cpu_s": round(time.process_time() - cpu_start, 1)}
         for name in ("d_loss", "g_loss", "information", "reconstruction"):
             if history.get(name):
