@@ -196,7 +196,8 @@ def _reference_update(model, x, *, loss, d_steps, lr, d_lr, seed):
     else:
         total = total + ref.weight * _imq_mmd_by_loops(fake, real, ref.kernel_scale)
     if info:  # -lambda (E log Q(c|x) + lambda_s E log N(s; mu(x), 1)), written out
-        out = ref.code_inference.head(ref.code_inference.trunk(fake))
+        # Q: its own layers on the (updated) discriminator's body, as in Chen et al. (2016)
+        out = ref.code_inference.head(ref.code_inference.trunk(ref.discriminator.trunk(fake)))
         logits, means = out[:, : ref.n_categories], out[:, ref.n_categories:]
         log_q_c = torch.log(torch.softmax(logits, -1))[torch.arange(len(x)), codes["c"]]
         log_q_s = (-0.5 * (codes["s"] - means) ** 2 - 0.5 * math.log(2 * math.pi)).sum(-1)

@@ -15,12 +15,29 @@ s))` through its variational lower bound (Chen et al. 2016, Lemma 5.1 and eq. 4)
 
 tight when :math:`Q(c, s \mid x)` is the true posterior. Here
 :math:`Q(c, s \mid x) = \mathrm{Categorical}(c; \pi_\omega(x))\, \mathcal N(s; \mu_\omega(x),
-I)` (a factored Gaussian with unit scale for the continuous codes, as in the paper), and the
-generator's term is :math:`-\lambda\,(\mathbb E \log Q(c \mid x) + \lambda_s\, \mathbb E \log
-Q(s \mid x))`, minimised jointly by :math:`G` and :math:`Q` (the entropy :math:`H` is a
-constant). Unlike the paper, :math:`Q` has its own trunk instead of sharing the
-discriminator's layers: the bound holds for any :math:`Q`, and the two players' parameters stay
-disjoint (:class:`~ppl_models.infer.trainer.steps.AdversarialStep` requires it).
+I)` (a factored Gaussian with unit scale for the continuous codes), and the generator's term
+is :math:`-\lambda\,(\mathbb E \log Q(c \mid x) + \lambda_s\, \mathbb E \log Q(s \mid x))` on
+the generated draws, minimised jointly by :math:`G` and :math:`Q` (the entropy :math:`H` is a
+constant; Chen et al. use :math:`\lambda = 1` for discrete codes and a smaller weight for
+continuous ones).
+
+As in the paper, :math:`Q` shares the discriminator's body (``share_discriminator=True``, the
+default): :math:`Q(\cdot \mid x)` is a small head (one hidden layer, the paper's 128 units)
+on the discriminator's last hidden features. The head belongs to the generator's player (its
+optimiser, Chen et al.'s learning rate 1e-3 for :math:`G` and :math:`Q`); the shared body is
+the discriminator's and is trained by :math:`L_D` only (the gradient of the information term
+that reaches it in the generator's step is discarded), which keeps the two players'
+parameters disjoint as :class:`~ppl_models.infer.trainer.steps.AdversarialStep` requires; a
+common reimplementation of the paper does the same. ``share_discriminator=False`` gives
+:math:`Q` its own trunk (the bound holds for any :math:`Q`).
+
+``architecture="conv"`` builds the networks of Chen et al. (2016), appendix C.1 (MNIST):
+
+* :math:`D`: conv 64 4x4 stride 2, leaky ReLU; conv 128 4x4 stride 2, batch norm, leaky
+  ReLU; FC 1024, batch norm, leaky ReLU; FC to the logit;
+* :math:`Q`: on :math:`D`'s 1024 features, FC 128, batch norm, leaky ReLU; FC to the codes;
+* :math:`G`: FC 1024, batch norm, ReLU; FC 7x7x128, batch norm, ReLU; deconv 64 4x4 stride
+  2, batch norm, ReLU; deconv 1 4x4 stride 2 (then the sigmoid of ``output="unit"``).
 
 References
 ----------
@@ -41,24 +58,24 @@ from torch import nn
 from torch.nn import functional as F
 
 from ppl_models._shared.checks import check_choice, check_float, check_int
-from ppl_models.models.adversarial import (
-    ConvDiscriminator,
-    ConvGenerator,
-    Discriminator,
-    observation_plate,
-)
+from ppl_models.models.adversarial import Discriminator, observation_plate
 from ppl_models.models.gan import GAN
 from ppl_models.models.protocols import AdversarialDraws
-from ppl_models.nn import MLPDecoder, MLPTrunk
+from ppl_models.nn import IMAGE_SHAPE, MLPDecoder, MLPTrunk, check_image_dim
 
-__all__ = ["INFOGAN_ARCHITECTURES", "CodeInference", "InfoGAN"]
+__all__ = ["INFOGAN_ARCHITECTURES", "CodeInference", "InfoGAN", "PaperConvDiscriminator",
+           "PaperConvGenerator"]
 
 #: The networks InfoGAN can be built with.
 INFOGAN_ARCHITECTURES: tuple[str, ...] = ("mlp", "conv")
 
 
 class CodeInference(nn.Module):
-    r""":math:`Q(c, s \mid x)`: a trunk, then logits over ``K`` categories and ``M`` means."""
+    r""":math:`Q(c, s \mid x)`: a trunk, then logits over ``K`` categories and ``M`` means.
+
+    With a shared discriminator body the trunk is :math:`Q`'s own hidden layers on the
+    discriminator's features (:meth:`InfoGAN.infer_codes`), otherwise a trunk on ``x``.
+    """
 
     def __init__(self, trunk: nn.Module, feature_dim: int, n_categories: int,
                  n_continuous: int) -> None:
@@ -72,15 +89,68 @@ class CodeInference(nn.Module):
         return out[..., : self.n_categories], out[..., self.n_categories:]
 
 
-class _ConvFeatures(nn.Module):
-    """The convolutional trunk of a DCGAN discriminator, as features."""
+def _dense(width_in: int, width_out: int, batch_norm: bool, activation: nn.Module) -> list:
+    layers: list[nn.Module] = [nn.Linear(width_in, width_out)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(width_out))
+    return [*layers, activation]
 
-    def __init__(self, channels: tuple[int, int]) -> None:
+
+class PaperConvGenerator(nn.Module):
+    """InfoGAN's MNIST generator (Chen et al. 2016, appendix C.1): ``(..., L) -> (..., 784)``
+    pre-sigmoid; FC ``dense`` BN ReLU, FC ``c2 x 7 x 7`` BN ReLU, deconv ``c1`` 4x4 s2 BN ReLU,
+    deconv 1 4x4 s2."""
+
+    def __init__(self, input_dim: int, output_dim: int = 784,
+                 channels: tuple[int, int] = (64, 128), dense: int = 1024) -> None:
         super().__init__()
-        self.net = ConvDiscriminator(784, channels)
+        check_image_dim(output_dim)
+        c1, c2 = channels
+        self.output_dim = output_dim
+        self.net = nn.Sequential(
+            *_dense(input_dim, dense, True, nn.ReLU()),
+            *_dense(dense, c2 * 7 * 7, True, nn.ReLU()),
+            nn.Unflatten(1, (c2, 7, 7)),
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
+            nn.BatchNorm2d(c1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c1, IMAGE_SHAPE[0], 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch = z.shape[:-1]
+        return self.net(z.reshape(-1, z.shape[-1])).reshape(*batch, self.output_dim)
+
+
+class PaperConvDiscriminator(nn.Module):
+    """InfoGAN's MNIST discriminator (Chen et al. 2016, appendix C.1): ``(..., 784) -> (...)``
+    logits; conv ``c1`` 4x4 s2 lReLU, conv ``c2`` 4x4 s2 BN lReLU, FC ``dense`` BN lReLU
+    (:meth:`features`), FC 1."""
+
+    def __init__(self, input_dim: int = 784, channels: tuple[int, int] = (64, 128),
+                 dense: int = 1024) -> None:
+        super().__init__()
+        check_image_dim(input_dim)
+        c1, c2 = channels
+        self.trunk = nn.Sequential(
+            nn.Unflatten(1, IMAGE_SHAPE),
+            nn.Conv2d(IMAGE_SHAPE[0], c1, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
+            nn.BatchNorm2d(c2),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            *_dense(c2 * 7 * 7, dense, True, nn.LeakyReLU(0.2)),
+        )
+        self.feature_dim = dense
+        self.head = nn.Linear(dense, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[:-1]
+        return self.trunk(x.reshape(-1, x.shape[-1])).reshape(*batch, self.feature_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.features(x)
+        return self.head(self.features(x)).squeeze(-1)
 
 
 class InfoGAN(GAN):
@@ -106,8 +176,16 @@ class InfoGAN(GAN):
     n_continuous : int
         M, continuous codes s (2 in the paper: width and slant).
     architecture : {"mlp", "conv"}
-        MLP networks (``hidden``, ``d_hidden``, ``q_hidden``) or DCGAN convolutions for
-        ``1 x 28 x 28`` images (``channels``).
+        MLP networks (``hidden``, ``d_hidden``) or the convolutional networks of Chen et al.
+        (2016, appendix C.1) for ``1 x 28 x 28`` images (``channels``, ``dense``; module
+        docstring).
+    q_hidden : sequence of int
+        Hidden widths of :math:`Q`: on the discriminator's features when it shares the body
+        (the paper: 128; batch norm and leaky ReLU for ``conv``), else on ``x``.
+    channels, dense : (int, int), int
+        ``conv`` only: the convolutions' feature maps (64, 128) and the dense width (1024).
+    share_discriminator : bool
+        :math:`Q` is a head on the discriminator's body (the paper), or has its own trunk.
     info_weight, continuous_weight : float
         :math:`\lambda` (1 in the paper) and :math:`\lambda_s`, the weight of the continuous
         codes' term inside it.
@@ -129,6 +207,8 @@ class InfoGAN(GAN):
         d_hidden: Sequence[int] | int = (128,),
         q_hidden: Sequence[int] | int = (128,),
         channels: Sequence[int] = (64, 128),
+        dense: int = 1024,
+        share_discriminator: bool = True,
         activation: str = "relu",
         info_weight: float = 1.0,
         continuous_weight: float = 1.0,
@@ -142,6 +222,10 @@ class InfoGAN(GAN):
         if len(channels) != 2:
             raise ValueError(f"channels must hold 2 widths; got {list(channels)}")
         self.channels: tuple[int, int] = (channels[0], channels[1])
+        self.dense = check_int(dense, "dense")
+        if not isinstance(share_discriminator, bool):
+            raise ValueError(f"share_discriminator must be a bool; got {share_discriminator!r}")
+        self.share_discriminator = share_discriminator
         self.info_weight = check_float(info_weight, "info_weight", minimum=0)
         self.continuous_weight = check_float(continuous_weight, "continuous_weight", minimum=0)
         super().__init__(data_dim, latent_dim, hidden=hidden, d_hidden=d_hidden,
@@ -155,22 +239,52 @@ class InfoGAN(GAN):
 
     def _make_generator(self) -> nn.Module:
         if self.architecture == "conv":
-            return ConvGenerator(self.input_width, self.data_dim, self.channels)
+            return PaperConvGenerator(self.input_width, self.data_dim, self.channels, self.dense)
         return MLPDecoder(self.input_width, self.data_dim, self.hidden, self.activation)
 
     def _make_discriminator(self) -> nn.Module:
         if self.architecture == "conv":
-            return ConvDiscriminator(self.data_dim, self.channels)
+            return PaperConvDiscriminator(self.data_dim, self.channels, self.dense)
         return Discriminator(self.data_dim, self.d_hidden)
 
-    def _make_code_inference(self) -> CodeInference:
+    @property
+    def feature_dim(self) -> int:
+        """Width of the discriminator's last hidden features (what a shared :math:`Q` reads)."""
         if self.architecture == "conv":
-            trunk: nn.Module = _ConvFeatures(self.channels)
-            width = self.channels[1] * 7 * 7
-        else:
+            return self.dense
+        return self.d_hidden[-1] if self.d_hidden else self.data_dim
+
+    def discriminator_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The discriminator's body at ``x`` ``(B, D) -> (B, F)`` (before its logit head)."""
+        if self.architecture == "conv":
+            return self.discriminator.features(x)
+        return self.discriminator.trunk(x)
+
+    def _make_code_inference(self) -> CodeInference:
+        if not self.share_discriminator:
+            if self.architecture == "conv":
+                body = PaperConvDiscriminator(self.data_dim, self.channels, self.dense)
+                return CodeInference(nn.Sequential(body.trunk, *self._q_layers(self.dense)),
+                                     self.q_width(), self.n_categories, self.n_continuous)
             mlp = MLPTrunk(self.data_dim, self.q_hidden, self.activation)
-            trunk, width = mlp, mlp.feature_dim
-        return CodeInference(trunk, width, self.n_categories, self.n_continuous)
+            return CodeInference(mlp, mlp.feature_dim, self.n_categories, self.n_continuous)
+        return CodeInference(nn.Sequential(*self._q_layers(self.feature_dim)), self.q_width(),
+                             self.n_categories, self.n_continuous)
+
+    def q_width(self) -> int:
+        """Width of the features :math:`Q`'s output layer reads."""
+        if self.q_hidden:
+            return self.q_hidden[-1]
+        return self.feature_dim
+
+    def _q_layers(self, width: int) -> list[nn.Module]:
+        """:math:`Q`'s hidden layers on the discriminator's features (the paper: FC 128, BN,
+        leaky ReLU; no batch norm for ``mlp``)."""
+        layers: list[nn.Module] = []
+        for h in self.q_hidden:
+            layers += _dense(width, h, self.architecture == "conv", nn.LeakyReLU(0.2))
+            width = h
+        return layers
 
     # ------------------------------------------------------------------ structure
     def config(self) -> dict[str, Any]:
@@ -181,11 +295,14 @@ class InfoGAN(GAN):
             "architecture": self.architecture,
             "q_hidden": list(self.q_hidden),
             "channels": list(self.channels),
+            "dense": self.dense,
+            "share_discriminator": self.share_discriminator,
             "info_weight": self.info_weight,
             "continuous_weight": self.continuous_weight,
         }
         # Only the widths of the networks built (the saved weights must bear them out).
-        unused = ("channels",) if self.architecture == "mlp" else ("hidden", "d_hidden")
+        unused = ("channels", "dense") if self.architecture == "mlp" else ("hidden",
+                                                                           "d_hidden")
         for name in unused:
             config.pop(name, None)
         return config
@@ -236,7 +353,10 @@ class InfoGAN(GAN):
             return self.transform_codes(*self._draw(num_samples))
 
     def infer_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        r""":math:`Q`'s logits over the category ``(B, K)`` and means of the codes ``(B, M)``."""
+        r""":math:`Q`'s logits over the category ``(B, K)`` and means of the codes ``(B, M)``
+        (through the discriminator's body when :math:`Q` shares it)."""
+        if self.share_discriminator:
+            return self.code_inference(self.discriminator_features(x))
         return self.code_inference(x)
 
     # ------------------------------------------------------------------ the game
@@ -255,7 +375,7 @@ class InfoGAN(GAN):
         r"""``information``: :math:`-\lambda (\frac1B \sum_i \log Q(c_i \mid x_i) + \lambda_s
         \frac1B \sum_i \log \mathcal N(s_i; \mu(x_i), I))` on the fake draws, i.e.
         :math:`-\lambda (L_I - H)` (module docstring)."""
-        logits, means = self.code_inference(draws.fake)
+        logits, means = self.infer_codes(draws.fake)
         log_q = dist.Categorical(logits=logits).log_prob(draws.context["code"]).mean()
         if self.n_continuous:
             style = draws.context["style"]
