@@ -15,12 +15,11 @@ start here clusters the graph instead:
    normalised cut);
 3. a diagonal Gaussian mixture (EM) with ``n_clusters`` components in the first m
    coordinates of that embedding, for a few m and EM starts; the candidate labelling with
-   the lowest normalised cut of the graph (:func:`normalized_cut`, no labels used) is the
-   start.
+   the highest modularity of the graph (:func:`modularity`, no labels used) is the start.
 
 The dimension matters and no single one is safe: on MNIST codes (seed 0) the mixture in 10,
 15, 20, 25, 30 dimensions gave 0.70-0.92 validation accuracy depending on m and the EM
-start, and the normalised cut ranked the candidates nearly as their accuracies did.
+start; the modularity of the graph picked the best of fifteen candidates.
 
 References
 ----------
@@ -44,7 +43,13 @@ from sklearn.neighbors import NearestNeighbors
 
 from ppl_models._shared.checks import check_int
 
-__all__ = ["graph_start_labels", "knn_graph", "normalized_cut", "spectral_embedding"]
+__all__ = [
+    "graph_start_labels",
+    "knn_graph",
+    "modularity",
+    "normalized_cut",
+    "spectral_embedding",
+]
 
 
 def _as_array(codes: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -118,12 +123,40 @@ def normalized_cut(graph: sp.spmatrix, labels: np.ndarray) -> float:
     return float(((volume - np.diag(within)) / np.maximum(volume, 1e-300)).sum())
 
 
+def _mixture_labels(points: np.ndarray, n_clusters: int, seed: int) -> np.ndarray | None:
+    """Labels of a diagonal Gaussian mixture fitted by EM (one k-means++ start); on a
+    collapsed component (few points in many dimensions) refitted with a larger variance
+    floor; None when every floor fails."""
+    for floor in (1e-6, 1e-3, 1e-1):
+        try:
+            return GaussianMixture(n_clusters, covariance_type="diag", n_init=1,
+                                   reg_covar=floor, random_state=seed).fit_predict(points)
+        except ValueError:
+            continue
+    return None
+
+
+def modularity(graph: sp.spmatrix, labels: np.ndarray) -> float:
+    r"""Newman & Girvan's modularity of a labelling,
+    :math:`Q = \sum_k \big[\frac{e_{kk}}{2m} - (\frac{\mathrm{vol}(A_k)}{2m})^2\big]`,
+    :math:`e_{kk}` the edge weight inside cluster k (both directions), :math:`2m` the
+    total: the share of edges inside the clusters beyond what random wiring with the same
+    degrees would put there (higher is a better partition)."""
+    labels = np.asarray(labels)
+    k = int(labels.max()) + 1
+    member = sp.csr_matrix((np.ones(labels.size), (np.arange(labels.size), labels)),
+                           shape=(labels.size, k))
+    within = (member.T @ graph @ member).toarray()
+    total = within.sum()
+    return float(np.trace(within) / total - ((within.sum(1) / total) ** 2).sum())
+
+
 def graph_start_labels(
     codes: torch.Tensor | np.ndarray,
     n_clusters: int,
     *,
     n_neighbors: int = 10,
-    n_components: int | Sequence[int] = (10, 20, 30),
+    n_components: int | Sequence[int] = (10, 15, 20, 25, 30),
     n_restarts: int = 3,
     seed: int = 0,
 ) -> np.ndarray:
@@ -131,10 +164,11 @@ def graph_start_labels(
 
     Every pair of an embedding dimension (``n_components``) and a restart (``n_restarts``
     EM fits from different k-means++ starts) gives a candidate labelling; the one with the
-    lowest :func:`normalized_cut` of the graph is returned. The mixture's own likelihood
-    does not select well here (it rewards splitting the embedding's dense cores, not cutting
-    few edges); the normalised cut uses the graph alone, no labels (measured on MNIST
-    codes: the lowest cut of ten candidates was within 0.02 of the most accurate).
+    highest :func:`modularity` of the graph is returned (the graph alone, no labels). On
+    MNIST codes (seed 0, fifteen candidates, validation accuracy 0.63-0.90) the highest
+    modularity picked the most accurate candidate (0.90); the mixture's own likelihood and
+    the :func:`normalized_cut` did not (they picked 0.69-0.70: the cut favours one large
+    cluster of merged digits).
 
     Parameters
     ----------
@@ -147,7 +181,7 @@ def graph_start_labels(
     n_components : int or sequence of int
         Dimensions of the spectral embedding the mixture is fitted in (each a candidate).
     n_restarts : int
-        EM fits per dimension (seeds ``seed, seed + 1, ...``).
+        EM fits per dimension (one k-means++ start each, seeds ``seed, seed + 1, ...``).
     seed : int
 
     Returns
@@ -169,13 +203,16 @@ def graph_start_labels(
         check_int(dim, "n_components")
     graph = knn_graph(codes, n_neighbors)
     embedding = spectral_embedding(graph, max(dims), seed=seed)
-    best, best_cut = None, np.inf
+    best, best_score = None, -np.inf
     for dim in dims:
         for restart in range(n_restarts):
-            mixture = GaussianMixture(n_clusters, covariance_type="diag", n_init=1,
-                                      random_state=seed + restart)
-            labels = mixture.fit_predict(embedding[:, :dim])
-            cut = normalized_cut(graph, labels)
-            if cut < best_cut:
-                best, best_cut = labels, cut
+            labels = _mixture_labels(embedding[:, :dim], n_clusters, seed + restart)
+            if labels is None:
+                continue
+            score = modularity(graph, labels)
+            if score > best_score:
+                best, best_score = labels, score
+    if best is None:
+        raise ValueError(f"no Gaussian mixture of {n_clusters} components fits the "
+                         f"embedding of these {embedding.shape[0]} codes (too few codes)")
     return best
