@@ -2,7 +2,8 @@
 
 References independent of the code under test: scikit-learn's ``spectral_embedding`` and
 ``KMeans``, the generating labels of ``make_moons`` / ``make_circles``, an edge-by-edge loop
-for the normalised cut, numpy's grouped moments for the components.
+for the normalised cut, the pairwise sum for the modularity, numpy's grouped moments for
+the components.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ppl_models.diagnostics import cluster_accuracy
 from ppl_models.infer.graph_start import (
     graph_start_labels,
     knn_graph,
+    modularity,
     normalized_cut,
     spectral_embedding,
 )
@@ -125,5 +127,16 @@ def test_label_start_refuses_wrong_labels():
     model, x, truth = _xor_model(50)
     with pytest.raises(ValueError, match="one per image"):
         init_prior_from_labels(model, x, truth[:10])
-    with pytest.raises(ValueError, match="labels must lie in 0..1"):
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.1"):
         warm_start_labels(model, x, truth + 1)
+
+
+def test_modularity_is_newman_girvans_pairwise_sum():
+    points = np.random.default_rng(4).normal(size=(25, 2))
+    graph = knn_graph(points, 3)
+    labels = np.random.default_rng(5).integers(0, 4, 25)
+    a = graph.toarray()
+    degree, total = a.sum(1), a.sum()
+    same = labels[:, None] == labels[None, :]
+    expected = ((a - np.outer(degree, degree) / total) * same).sum() / total
+    assert modularity(graph, labels) == pytest.approx(expected)

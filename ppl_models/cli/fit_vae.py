@@ -7,7 +7,8 @@ Gaussians; ``vamp`` the VampPrior with ``--components`` pseudo-inputs, Tomczak &
 (Dilokthanakul et al. 2016), in VaDE's factorisation and recipe (Jiang et al. 2017,
 :func:`ppl_models.infer.fit_clustering_vae`: ``--pretrain-epochs`` of autoencoder
 pretraining, the mixture started by EM on the codes (or, ``--start graph``, by the codes'
-nearest-neighbour graph), then the ELBO, optionally with ``--free-bits`` and ``--balance``). It is trained by minibatch SVI
+nearest-neighbour graph), then the ELBO, optionally with ``--free-bits`` and
+``--balance``). It is trained by minibatch SVI
 (:func:`ppl_models.infer.fit_svi`) on the ``train`` split and scored on the ``test`` split
 by the ELBO and the importance-weighted bound of Burda et al. (2016) with ``--particles``
 samples. Written into ``--out``: ``metrics.json``, ``checkpoint/checkpoint.pt`` and the PNGs of
