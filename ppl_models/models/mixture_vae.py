@@ -224,7 +224,8 @@ class GMVAE(VAE, LabelledAmortized):
     summed out. On MNIST the start decides: EM on the codes gives about 0.7, a start along
     the codes' nearest-neighbour graph (``start="graph"``,
     :mod:`ppl_models.infer.graph_start`, the exact :math:`p(y \mid z)` then taught its
-    clusters, :mod:`ppl_models.infer.label_start`) about 0.9. The options of :meth:`training_objective` (``free_bits``, the
+    clusters, :mod:`ppl_models.infer.label_start`) about 0.9. The options of
+    :meth:`training_objective` (``free_bits``, the
     minimum-information constraint; ``balance_weight``, an entropy term on the aggregated
     label distribution) and KL annealing (``kl_warmup_epochs``) are there for data where the
     clusters drift during the ELBO; on the bundled digits they changed the accuracy by at
