@@ -20,6 +20,7 @@ from ppl_models.diagnostics import cluster_accuracy
 from ppl_models.infer.graph_start import (
     graph_start_labels,
     knn_graph,
+    merge_along_graph,
     modularity,
     normalized_cut,
     spectral_embedding,
@@ -140,3 +141,17 @@ def test_modularity_is_newman_girvans_pairwise_sum():
     same = labels[:, None] == labels[None, :]
     expected = ((a - np.outer(degree, degree) / total) * same).sum() / total
     assert modularity(graph, labels) == pytest.approx(expected)
+
+
+def test_merging_along_the_graph_rejoins_split_components():
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(6)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = np.concatenate([c + rng.normal(size=(30, 2)) for c in centres])
+    graph = knn_graph(points, 5)
+    n_parts, parts = connected_components(graph, directed=False)
+    assert n_parts == 3
+    split = parts * 2 + (points[:, 0] + points[:, 1] > (centres.sum(1)[parts]))  # 6 halves
+    merged = merge_along_graph(graph, split, 3)
+    assert cluster_accuracy(torch.tensor(merged), torch.tensor(parts)) == 1.0
