@@ -141,7 +141,7 @@ def add_parser(subparsers: Any, name: str = "vae") -> argparse.ArgumentParser:
     parser.add_argument("--start", choices=("em", "graph"), default="em",
                         help="gmvae: start of the mixture, EM on the codes (default; VaDE's) "
                              "or the codes' nearest-neighbour graph with a label warm start "
-                             "(the MNIST benchmark's; worse on the bundled 8x8 digits: 0.56 "
+                             "(the MNIST benchmark's; worse on the bundled 8x8 digits: 0.64 "
                              "against 0.73)")
     parser.add_argument("--free-bits", metavar="NATS", type=non_negative_float, default=0.0,
                         help="gmvae: minimum KL of the code per image (default 0, off)")

@@ -17,7 +17,7 @@ exactly (:class:`~ppl_models.models.GMVAE` with ``conditional_encoder=False``):
      to the moments of the codes of each cluster, and ``warm_start_epochs`` epochs teach the
      exact label posterior :math:`p(y \mid z)` those clusters
      (:mod:`ppl_models.infer.label_start`). On binarized MNIST this start is what lifts the
-     accuracy from 0.65-0.72 to 0.80-0.90 on three seeds (``benchmarks/RESULTS.md``);
+     accuracy from 0.65-0.72 to 0.895-0.911 on three seeds (``benchmarks/RESULTS.md``);
    * ``"em"``: a diagonal Gaussian mixture fitted by EM (``n_init`` restarts) to the codes
      sets the prior's means, scales and weights
      (:func:`~ppl_models.infer.init_prior_from_codes`; VaDE's start); optionally

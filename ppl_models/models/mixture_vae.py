@@ -224,7 +224,7 @@ class GMVAE(VAE, LabelledAmortized):
     summed out. On MNIST the start decides: EM on the codes gives about 0.7, a start along
     the codes' nearest-neighbour graph (``start="graph"``,
     :mod:`ppl_models.infer.graph_start`, the exact :math:`p(y \mid z)` then taught its
-    clusters, :mod:`ppl_models.infer.label_start`) 0.80-0.90. The options of
+    clusters, :mod:`ppl_models.infer.label_start`) 0.90. The options of
     :meth:`training_objective` (``free_bits``, the
     minimum-information constraint; ``balance_weight``, an entropy term on the aggregated
     label distribution) and KL annealing (``kl_warmup_epochs``) are there for data where the
@@ -234,7 +234,7 @@ class GMVAE(VAE, LabelledAmortized):
     (:func:`ppl_models.diagnostics.merge_components.merge_components`). ``ppl-models fit
     vae --prior gmvae`` runs the recipe (measured, test accuracy: 0.73 on the bundled digits
     against 0.67 for k-means on the same pixels, with the EM start, the CLI's default; on
-    MNIST 0.65-0.72 with the EM start and 0.80-0.90 with the graph start, against 0.51 for
+    MNIST 0.65-0.72 with the EM start and 0.90-0.91 with the graph start, against 0.51 for
     k-means, see ``benchmarks/RESULTS.md``).
 
     Parameters
