@@ -139,9 +139,10 @@ def add_parser(subparsers: Any, name: str = "vae") -> argparse.ArgumentParser:
                         help="gmvae: epochs of autoencoder pretraining before the mixture is "
                              "started by EM on the codes (VaDE's recipe; default 50)")
     parser.add_argument("--start", choices=("em", "graph"), default="em",
-                        help="gmvae: start of the mixture, EM on the codes (default; VaDE's) "
-                             "or the codes' nearest-neighbour graph with a label warm start "
-                             "(the MNIST benchmark's; worse on the bundled 8x8 digits: 0.64 "
+                        help="gmvae: start of the mixture, em (EM on the codes, VaDE's; "
+                             "default em) or graph (the codes' nearest-neighbour graph with a "
+                             "label warm start, "
+                             "the MNIST benchmark's; worse on the bundled 8x8 digits: 0.64 "
                              "against 0.73)")
     parser.add_argument("--free-bits", metavar="NATS", type=non_negative_float, default=0.0,
                         help="gmvae: minimum KL of the code per image (default 0, off)")
