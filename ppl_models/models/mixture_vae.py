@@ -220,8 +220,12 @@ class GMVAE(VAE, LabelledAmortized):
     clusters are the mixture's components in code space, and what remains is where they
     start: a random start merges clusters for good (0.36 on MNIST). The configuration that
     clusters is VaDE's recipe, :func:`ppl_models.infer.fit_clustering_vae`: pretraining of
-    the autoencoder, the mixture started by EM on the codes, then the ELBO with the label
-    summed out. The options of :meth:`training_objective` (``free_bits``, the
+    the autoencoder, a start of the mixture on the codes, then the ELBO with the label
+    summed out. On MNIST the start decides: EM on the codes gives about 0.7, a start along
+    the codes' nearest-neighbour graph (``start="graph"``,
+    :mod:`ppl_models.infer.graph_start`, the exact :math:`p(y \mid z)` then taught its
+    clusters, :mod:`ppl_models.infer.label_start`) 0.90. The options of
+    :meth:`training_objective` (``free_bits``, the
     minimum-information constraint; ``balance_weight``, an entropy term on the aggregated
     label distribution) and KL annealing (``kl_warmup_epochs``) are there for data where the
     clusters drift during the ELBO; on the bundled digits they changed the accuracy by at
@@ -229,8 +233,9 @@ class GMVAE(VAE, LabelledAmortized):
     components than clusters and merge them afterwards
     (:func:`ppl_models.diagnostics.merge_components.merge_components`). ``ppl-models fit
     vae --prior gmvae`` runs the recipe (measured, test accuracy: 0.73 on the bundled digits
-    against 0.67 for k-means on the same pixels; 0.65 on MNIST after 6 + 6 epochs, against
-    0.51, see ``benchmarks/RESULTS.md``).
+    against 0.67 for k-means on the same pixels, with the EM start, the CLI's default; on
+    MNIST 0.65-0.72 with the EM start and 0.90-0.91 with the graph start, against 0.51 for
+    k-means, see ``benchmarks/RESULTS.md``).
 
     Parameters
     ----------
