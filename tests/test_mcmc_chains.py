@@ -7,8 +7,9 @@ import math
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.infer import NUTS
 
-from ppl_models.infer import fit_mcmc
+from ppl_models.infer import fit_mcmc, mcmc
 from ppl_models.models import GaussianMixture
 
 
@@ -96,3 +97,18 @@ def test_compiled_chains_in_processes_give_the_draws_of_sequential_ones_and_the_
     for site, draws in sequential.draws.items():
         torch.testing.assert_close(parallel.draws[site], draws, rtol=0, atol=0)
     _check_conjugate(potential="compiled")
+
+
+def test_direct_leapfrog_gives_the_draws_of_pyros_autograd_leapfrog(monkeypatch):
+    """The leapfrog step that takes the closed form's gradient without autograd is Pyro's own
+    step: the same draws and statistics as Pyro's ``_build_basetree`` on the same potential."""
+    x = _data()
+    common = {"num_samples": 20, "warmup_steps": 20, "num_chains": 1, "progress": False,
+              "potential": "closed_form"}
+    direct = fit_mcmc(GaussianMixture(2, "full"), x, **common)
+    monkeypatch.setattr(mcmc._RecordingNUTS, "_build_basetree",
+                        lambda self, *args: NUTS._build_basetree(self, *args))
+    pyros = fit_mcmc(GaussianMixture(2, "full"), x, **common)
+    for site, draws in direct.draws.items():
+        torch.testing.assert_close(pyros.draws[site], draws, rtol=0, atol=0)
+    assert pyros.info["sample_stats"] == direct.info["sample_stats"]

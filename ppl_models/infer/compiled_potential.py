@@ -128,6 +128,15 @@ class NUTSPotential:
         """One call at a point (compiles, when compiling), e.g. before forking chains."""
         self(dict(unconstrained))
 
+    def grads(
+        self, unconstrained: Mapping[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``(dU/du per site, U)`` without autograd: what Pyro's ``potential_grad`` returns."""
+        potential = self.potential
+        flat = torch.cat([unconstrained[name].detach().reshape(-1) for name in potential.sites])
+        value, grad = self._value_and_grad(flat.unsqueeze(0))
+        return potential.unpack(grad[0]), value[0]
+
     def __call__(self, unconstrained: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """:math:`U(u)`, differentiable in every site value through the precomputed
         gradient."""

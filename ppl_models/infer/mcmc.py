@@ -13,10 +13,13 @@ from typing import Any
 
 import pyro
 import torch
+from pyro.distributions.util import scalar_like
 from pyro.infer import MCMC, NUTS
+from pyro.infer.mcmc.nuts import _TreeInfo
 from pyro.infer.mcmc.util import initialize_model
 from pyro.infer.util import is_validation_enabled
 from pyro.ops.stats import split_gelman_rubin
+from pyro.util import torch_isnan
 from torch.distributions import biject_to
 
 import guides
@@ -60,6 +63,36 @@ class _RecordingNUTS(NUTS):
             z, r, z_grads, log_slice, direction, tree_depth, energy_current
         )
 
+    def _build_basetree(self, z, r, z_grads, log_slice, direction, energy_current):
+        """One leapfrog step as Pyro's, with a :class:`NUTSPotential`'s gradient taken directly
+        (no autograd round trip: the same numbers, about half the overhead per step)."""
+        if not isinstance(self.potential_fn, NUTSPotential):
+            return super()._build_basetree(
+                z, r, z_grads, log_slice, direction, energy_current
+            )
+        step_size = self.step_size if direction == 1 else -self.step_size
+        z_new, r_new, z_grads, potential_energy = _leapfrog(
+            self.potential_fn, self.mass_matrix_adapter.kinetic_grad, z, r, z_grads, step_size
+        )
+        # from here on as pyro.infer.mcmc.nuts.NUTS._build_basetree (Pyro 1.9)
+        r_new_unscaled = self.mass_matrix_adapter.unscale(r_new)
+        energy_new = potential_energy + self._kinetic_energy(r_new_unscaled)
+        if torch_isnan(energy_new):
+            energy_new = scalar_like(energy_new, float("inf"))
+        sliced_energy = energy_new + log_slice
+        diverging = sliced_energy > self._max_sliced_energy
+        delta_energy = energy_new - energy_current
+        accept_prob = (-delta_energy).exp().clamp(max=1.0)
+        if self.use_multinomial_sampling:
+            tree_weight = -sliced_energy
+        else:
+            tree_weight = scalar_like(sliced_energy, 1.0 if sliced_energy <= 0 else 0.0)
+        return _TreeInfo(
+            z_new, r_new, r_new_unscaled, z_grads, z_new, r_new, r_new_unscaled, z_grads,
+            z_new, potential_energy, z_grads, r_new_unscaled, tree_weight, False, diverging,
+            accept_prob, 1,
+        )
+
     def sample(self, params):
         _, potential, _ = self._fetch_from_cache()
         potential = None if potential is None else float(potential)
@@ -79,6 +112,21 @@ class _RecordingNUTS(NUTS):
             self.stats["step_size"].append(step_size)
             self.stats["acceptance_rate"].append(float(min(max(accept, 0.0), 1.0)))
         return out
+
+
+def _leapfrog(potential: NUTSPotential, kinetic_grad, z, r, z_grads, step_size):
+    """Pyro's ``velocity_verlet`` (one step, same operations in the same order) with the
+    potential's gradient from :meth:`NUTSPotential.grads`."""
+    z, r = dict(z), dict(r)
+    for name in r:
+        r[name] = r[name] + 0.5 * step_size * (-z_grads[name])
+    r_grads = kinetic_grad(r)
+    for name in z:
+        z[name] = z[name] + step_size * r_grads[name]
+    z_grads, potential_energy = potential.grads(z)
+    for name in r:
+        r[name] = r[name] + 0.5 * step_size * (-z_grads[name])
+    return z, r, z_grads, potential_energy
 
 
 POTENTIALS = ("auto", "compiled", "closed_form", "trace")
