@@ -263,12 +263,15 @@ def fit_mcmc(
     continuous globals of :math:`p(\theta \mid x) \propto p(\theta) \prod_n \sum_k
     p(x_n, z_n = k \mid \theta)`. A model whose posterior is in closed form
     (:class:`~ppl_models.models.CollapsedPosterior`, every built-in mixture) is sampled through
-    :class:`~ppl_models.infer.potential.CollapsedPotential`, the same potential energy computed
-    without tracing the model; any other model with a ``marginal_model``
-    (:class:`~ppl_models.models.CollapsedLikelihood`) through a trace of that, and any model
-    through a trace of ``model``. Each chain starts from the same point (``init``) with its own
-    seed ``seed + chain``; split R-hat over chains (computed before any relabelling) decides
-    ``converged``.
+    the same potential energy computed without tracing the model (``potential``): for the
+    built-in mixtures in plain tensor operations
+    (:class:`~ppl_models.infer.mixture_potential.MixturePotential`), compiled with
+    ``torch.compile`` for long runs, its gradient handed to the leapfrog step directly; else
+    :class:`~ppl_models.infer.potential.CollapsedPotential`. Any other model with a
+    ``marginal_model`` (:class:`~ppl_models.models.CollapsedLikelihood`) through a trace of
+    that, and any model through a trace of ``model``. Each chain starts from the same point
+    (``init``) with its own seed ``seed + chain``; split R-hat over chains (computed before
+    any relabelling) decides ``converged``.
 
     Parameters
     ----------
