@@ -112,3 +112,18 @@ def test_direct_leapfrog_gives_the_draws_of_pyros_autograd_leapfrog(monkeypatch)
     for site, draws in direct.draws.items():
         torch.testing.assert_close(pyros.draws[site], draws, rtol=0, atol=0)
     assert pyros.info["sample_stats"] == direct.info["sample_stats"]
+
+
+def test_auto_falls_back_to_the_uncompiled_closed_form_when_compiling_fails(monkeypatch):
+    def broken(self, unconstrained):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(mcmc, "COMPILE_MIN_STEPS", 1)
+    monkeypatch.setattr(mcmc.NUTSPotential, "warm_up", broken)
+    x = _data()
+    common = {"num_samples": 5, "warmup_steps": 5, "num_chains": 1, "progress": False}
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        fit = fit_mcmc(GaussianMixture(2, "diag"), x, **common)
+    assert fit.info["potential"] == "closed_form"
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        fit_mcmc(GaussianMixture(2, "diag"), x, potential="compiled", **common)

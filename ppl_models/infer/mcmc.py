@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -427,10 +428,22 @@ def _closed_form_potential(
     if fast is None:
         return "closed_form", generic
     compile = potential == "compiled" or (potential == "auto" and steps >= COMPILE_MIN_STEPS)
-    potential_fn = NUTSPotential(fast, compile=compile)
-    if compile:
+    if not compile:
+        return "closed_form", NUTSPotential(fast)
+    potential_fn = NUTSPotential(fast, compile=True)
+    try:
         potential_fn.warm_up(fast.unpack(torch.zeros(fast.size, dtype=data.dtype)))
-    return ("compiled" if compile else "closed_form"), potential_fn
+    except Exception as error:  # e.g. no C++ compiler for inductor: "auto" runs uncompiled
+        if potential == "compiled":
+            raise
+        warnings.warn(
+            f"torch.compile of the closed-form potential failed ({type(error).__name__}: "
+            f"{str(error)[:200]}); sampling with the uncompiled closed form",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return "closed_form", NUTSPotential(fast)
+    return "compiled", potential_fn
 
 
 def _posterior_centre(draws: torch.Tensor, support) -> torch.Tensor:
