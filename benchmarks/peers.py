@@ -33,6 +33,10 @@ the whole fit is one ``SVI.run`` (compiling the loop, then running it); the time
 that of a ``jax.jit``-compiled ``SVI.update`` called once per step, its first call (the
 compilation) reported apart.
 
+Per-call costs of our potential and gradient (generic, plain tensors eager, compiled, as NUTS
+calls it) with ``--tasks potential`` (our side only; compile times in a fresh process: set
+``TORCHINDUCTOR_CACHE_DIR`` to an empty directory for a cold compile).
+
     python benchmarks/peers.py --quick            # a smoke run (seconds of sampling)
     python benchmarks/peers.py --repeats 2        # the issue's configurations
 """
@@ -114,6 +118,62 @@ def _relabelled_min_ess(model, draws, start) -> float:
 
 
 # ----------------------------------------------------------------------------- workers
+def _potential_costs(model, x) -> dict:
+    """Per-call cost (ms, wall and CPU) of the potential energy and its gradient at one
+    point: Pyro's ``potential_grad`` on the generic closed form, the plain-tensor form eager,
+    compiled (1 and 4 points at once), and compiled as NUTS calls it; alternating, 3 x 500
+    calls each; the first (compiling) calls timed apart."""
+    import torch
+    from pyro.ops.integrator import potential_grad
+
+    from ppl_models.infer.compiled_potential import NUTSPotential, value_and_grad
+    from ppl_models.infer.mixture_potential import mixture_potential
+    from ppl_models.infer.potential import CollapsedPotential
+
+    generic = CollapsedPotential(model, x)
+    fast = mixture_potential(generic)
+    torch.manual_seed(0)
+    u1 = 0.1 * torch.randn(1, fast.size, dtype=x.dtype)
+    u4 = 0.1 * torch.randn(4, fast.size, dtype=x.dtype)
+    z = fast.unpack(u1[0])
+    eager, nuts = value_and_grad(fast), NUTSPotential(fast, compile=True)
+    compiled = nuts._value_and_grad
+    out = {}
+    for name, u in (("compile_1", u1), ("compile_4", u4)):
+        t0, c0 = time.perf_counter(), _cpu()
+        compiled(u)
+        out[name] = {"wall_s": time.perf_counter() - t0, "cpu_s": _cpu() - c0}
+    calls = {
+        "generic (potential_grad)": lambda: potential_grad(generic, dict(z)),
+        "plain eager B=1": lambda: eager(u1),
+        "plain eager B=4": lambda: eager(u4),
+        "compiled B=1": lambda: compiled(u1),
+        "compiled B=4": lambda: compiled(u4),
+        "compiled as NUTS calls it": lambda: nuts.grads(z),
+        "compiled via potential_grad": lambda: potential_grad(nuts, dict(z)),
+    }
+    for call in calls.values():
+        for _ in range(30):
+            call()
+    times = {name: [] for name in calls}
+    for repeat in range(3):
+        order = list(calls.items()) if repeat % 2 == 0 else list(reversed(calls.items()))
+        for name, call in order:
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(500):
+                call()
+            times[name].append([2 * (time.perf_counter() - t0), 2 * (time.process_time() - c0)])
+    out["ms_per_call_wall_cpu"] = times
+    return out
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its waited-for children (compile workers)."""
+    own, children = (resource.getrusage(who) for who in
+                     (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _worker_ours(task: str, args) -> dict:
     import torch
 
@@ -121,6 +181,8 @@ def _worker_ours(task: str, args) -> dict:
     from ppl_models.infer import fit_mcmc, fit_svi, full_batch
 
     model, x, start = _data_and_start()
+    if task == "potential":
+        return {"wall": 0.0, "compile": 0.0, **_potential_costs(model, x)}
     if task.startswith("nuts"):
         chains, warmup, samples = {**CONFIGS, **QUICK}[task]
         t0 = time.perf_counter()
@@ -293,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"repeat {repeat}: {_uptime()}", flush=True)
         for task in tasks:
             sides = ["numpyro", "ours"] if repeat % 2 == 0 else ["ours", "numpyro"]
+            if task == "potential":  # our side's per-call costs only
+                sides = ["ours"]
             if task == "svi" and args.svi_trace:
                 sides.append("ours-trace")
             for side in sides:
