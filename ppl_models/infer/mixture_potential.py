@@ -74,20 +74,16 @@ class _Prior:
     constant: float
 
 
-def _unwrap(prior) -> tuple[object, torch.Size]:
-    """The base distribution of ``Independent``/``expand`` wrappers and the batch shape."""
-    batch = prior.batch_shape + prior.event_shape
-    while True:
-        if isinstance(prior, Independent):
-            prior = prior.base_dist
-        elif isinstance(prior, dist.torch_distribution.ExpandedDistribution):
-            prior = prior.base_dist
-        else:
-            return prior, batch
+def _unwrap(prior):
+    """The base distribution under ``Independent`` / ``expand`` wrappers (their parameters are
+    broadcast to the site's shape by :func:`_closed_prior`)."""
+    while isinstance(prior, Independent | dist.torch_distribution.ExpandedDistribution):
+        prior = prior.base_dist
+    return prior
 
 
 def _closed_prior(name: str, prior, shape: torch.Size, dtype: torch.dtype) -> _Prior | None:
-    base, _ = _unwrap(prior)
+    base = _unwrap(prior)
     family = _FAMILY_OF.get(type(base))
     if family not in _SITE_FAMILIES.get(name, ()):
         return None
@@ -143,7 +139,6 @@ class MixturePotential:
 
     def __init__(self, potential: CollapsedPotential, priors: dict[str, _Prior]) -> None:
         model, data = potential.model, potential.data
-        self.generic = potential
         self.sites = potential.sites
         self.data = data
         dtype = data.dtype
