@@ -15,7 +15,9 @@ wall time and CPU time (user + system, its own children included: our parallel c
 forked processes) and ``uptime`` before every repeat: the machine is shared.
 
 NUTS: both start from the same point (the EM optimum), target acceptance 0.8, tree depth 10.
-Ours: ``fit_mcmc`` (closed-form potential; chains in forked processes, one per CPU). NumPyro:
+Ours: ``fit_mcmc`` (``--potential``, default ``auto``: the closed form compiled with
+``torch.compile`` before the chains start, its compilation timed apart and included in the
+wall time; chains in forked processes, one per CPU). NumPyro:
 ``MCMC(NUTS)`` with ``chain_method="vectorized"`` (one process, as many chains as asked). Its
 compilation is measured apart: the first ``run`` (compilation + sampling) and a second ``run``
 of the same ``MCMC`` object (sampling only) give ``compile = first - second``. ESS: ArviZ's
@@ -30,6 +32,10 @@ closed-form collapsed ELBO), and, with ``--svi-trace``, the same with Pyro's ``T
 the whole fit is one ``SVI.run`` (compiling the loop, then running it); the time per step is
 that of a ``jax.jit``-compiled ``SVI.update`` called once per step, its first call (the
 compilation) reported apart.
+
+Per-call costs of our potential and gradient (generic, plain tensors eager, compiled, as NUTS
+calls it) with ``--tasks potential`` (our side only; compile times in a fresh process: set
+``TORCHINDUCTOR_CACHE_DIR`` to an empty directory for a cold compile).
 
     python benchmarks/peers.py --quick            # a smoke run (seconds of sampling)
     python benchmarks/peers.py --repeats 2        # the issue's configurations
@@ -112,6 +118,62 @@ def _relabelled_min_ess(model, draws, start) -> float:
 
 
 # ----------------------------------------------------------------------------- workers
+def _potential_costs(model, x) -> dict:
+    """Per-call cost (ms, wall and CPU) of the potential energy and its gradient at one
+    point: Pyro's ``potential_grad`` on the generic closed form, the plain-tensor form eager,
+    compiled (1 and 4 points at once), and compiled as NUTS calls it; alternating, 3 x 500
+    calls each; the first (compiling) calls timed apart."""
+    import torch
+    from pyro.ops.integrator import potential_grad
+
+    from ppl_models.infer.compiled_potential import NUTSPotential, value_and_grad
+    from ppl_models.infer.mixture_potential import mixture_potential
+    from ppl_models.infer.potential import CollapsedPotential
+
+    generic = CollapsedPotential(model, x)
+    fast = mixture_potential(generic)
+    torch.manual_seed(0)
+    u1 = 0.1 * torch.randn(1, fast.size, dtype=x.dtype)
+    u4 = 0.1 * torch.randn(4, fast.size, dtype=x.dtype)
+    z = fast.unpack(u1[0])
+    eager, nuts = value_and_grad(fast), NUTSPotential(fast, compile=True)
+    compiled = nuts._value_and_grad
+    out = {}
+    for name, u in (("compile_1", u1), ("compile_4", u4)):
+        t0, c0 = time.perf_counter(), _cpu()
+        compiled(u)
+        out[name] = {"wall_s": time.perf_counter() - t0, "cpu_s": _cpu() - c0}
+    calls = {
+        "generic (potential_grad)": lambda: potential_grad(generic, dict(z)),
+        "plain eager B=1": lambda: eager(u1),
+        "plain eager B=4": lambda: eager(u4),
+        "compiled B=1": lambda: compiled(u1),
+        "compiled B=4": lambda: compiled(u4),
+        "compiled as NUTS calls it": lambda: nuts.grads(z),
+        "compiled via potential_grad": lambda: potential_grad(nuts, dict(z)),
+    }
+    for call in calls.values():
+        for _ in range(30):
+            call()
+    times = {name: [] for name in calls}
+    for repeat in range(3):
+        order = list(calls.items()) if repeat % 2 == 0 else list(reversed(calls.items()))
+        for name, call in order:
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(500):
+                call()
+            times[name].append([2 * (time.perf_counter() - t0), 2 * (time.process_time() - c0)])
+    out["ms_per_call_wall_cpu"] = times
+    return out
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its waited-for children (compile workers)."""
+    own, children = (resource.getrusage(who) for who in
+                     (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _worker_ours(task: str, args) -> dict:
     import torch
 
@@ -119,14 +181,17 @@ def _worker_ours(task: str, args) -> dict:
     from ppl_models.infer import fit_mcmc, fit_svi, full_batch
 
     model, x, start = _data_and_start()
+    if task == "potential":
+        return {"wall": 0.0, "compile": 0.0, **_potential_costs(model, x)}
     if task.startswith("nuts"):
         chains, warmup, samples = {**CONFIGS, **QUICK}[task]
         t0 = time.perf_counter()
         fit = fit_mcmc(model, x, num_samples=samples, warmup_steps=warmup, num_chains=chains,
-                       init=start, progress=False)
+                       init=start, progress=False, potential=args.potential)
         wall = time.perf_counter() - t0
         ess = _relabelled_min_ess(model, fit.draws, start)
-        return {"wall": wall, "compile": 0.0, "ess": ess, "ess_per_s": ess / wall,
+        return {"wall": wall, "compile": fit.info["compile_seconds"], "ess": ess,
+                "ess_per_s": ess / wall,
                 "divergences": sum(fit.info["divergences"]),
                 "potential": fit.info["potential"]}
     if args.svi_trace_side:  # the Pyro TraceEnum_ELBO loop fit_svi ran before issue 14
@@ -231,7 +296,7 @@ def _check_densities() -> dict:
 # ----------------------------------------------------------------------------- driver
 def _launch(side: str, task: str, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--task", task,
-           "--svi-steps", str(args.svi_steps)]
+           "--svi-steps", str(args.svi_steps), "--potential", args.potential]
     if side == "ours-trace":
         cmd[cmd.index("ours-trace")] = "ours"
         cmd.append("--svi-trace-side")
@@ -261,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task")
     parser.add_argument("--svi-trace-side", action="store_true")
     parser.add_argument("--svi-steps", type=int, default=2000)
+    parser.add_argument("--potential", default="auto",
+                        help="fit_mcmc's potential= for our side (auto: compiled for these runs)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tasks", default=",".join([*CONFIGS, "svi"]))
     parser.add_argument("--svi-trace", action="store_true",
@@ -288,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"repeat {repeat}: {_uptime()}", flush=True)
         for task in tasks:
             sides = ["numpyro", "ours"] if repeat % 2 == 0 else ["ours", "numpyro"]
+            if task == "potential":  # our side's per-call costs only
+                sides = ["ours"]
             if task == "svi" and args.svi_trace:
                 sides.append("ours-trace")
             for side in sides:

@@ -12,7 +12,9 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 import guides
 from ppl_models.infer import fit_svi, full_batch
 from ppl_models.infer.collapsed_svi import CollapsedELBO, supports_guide
+from ppl_models.infer.compiled_potential import NUTSPotential
 from ppl_models.infer.init import init_strategy
+from ppl_models.infer.mixture_potential import mixture_potential
 from ppl_models.infer.potential import CollapsedPotential
 from ppl_models.models import MIXTURES, GaussianMixture
 
@@ -53,13 +55,32 @@ def _loss_and_grads(loss, model_fn, guide, data, seed):
     return value, grads
 
 
+def _energy(potential, form):
+    """The potential energy CollapsedELBO is given: generic (None), plain tensors or compiled."""
+    if form == "generic":
+        return None
+    return NUTSPotential(mixture_potential(potential), compile=form == "compiled")
+
+
+@pytest.mark.parametrize("form", ["generic", "plain"])
 @pytest.mark.parametrize(("kind", "name", "covariance_type"), CASES)
-def test_collapsed_elbo_equals_trace_enum_elbo_draw_for_draw(kind, name, covariance_type):
+def test_collapsed_elbo_equals_trace_enum_elbo_draw_for_draw(kind, name, covariance_type, form):
+    _check_against_trace_enum(kind, name, covariance_type, form)
+
+
+@pytest.mark.slow
+def test_compiled_collapsed_elbo_equals_trace_enum_elbo_draw_for_draw():
+    _check_against_trace_enum("full_rank", "gmm", "full", "compiled")
+    _check_against_trace_enum("mean_field", "student_t_mixture", "diag", "compiled")
+
+
+def _check_against_trace_enum(kind, name, covariance_type, form):
     data = _data()
     model = MIXTURES[name](2, covariance_type)
     guide = _guide(kind, model, data)
     assert supports_guide(guide)
-    ours = CollapsedELBO(CollapsedPotential(model, data), num_particles=2)
+    potential = CollapsedPotential(model, data)
+    ours = CollapsedELBO(potential, num_particles=2, energy=_energy(potential, form))
     pyros = TraceEnum_ELBO(max_plate_nesting=1, num_particles=2)
     for seed in (0, 1):
         value, grads = _loss_and_grads(ours, model.model, guide, data, seed)

@@ -25,6 +25,7 @@ Guides served: ``AutoDelta`` (``map``), ``AutoNormal`` (``mean_field``) and ever
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,9 +48,15 @@ def supports_guide(guide: Any) -> bool:
 
 @pyro_method  # the guide's parameters are read as Pyro params, so SVI.step optimises them
 def _log_weight(
-    guide: Any, potential: CollapsedPotential, args: tuple, kwargs: dict
+    guide: Any,
+    potential: CollapsedPotential,
+    args: tuple,
+    kwargs: dict,
+    energy: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """:math:`\\log p(x, T(u)) + \\log|J| - \\log q(u)` for one draw :math:`u \\sim q`."""
+    """:math:`\\log p(x, T(u)) + \\log|J| - \\log q(u)` for one draw :math:`u \\sim q`;
+    :math:`\\log p(x, T(u)) + \\log|J| = -U(u)` from ``energy`` when given."""
+    log_density = potential.log_density if energy is None else (lambda u: -energy(u))
     if isinstance(guide, AutoDelta):
         values = {name: getattr(guide, name) for name in potential.sites}
         return potential.log_joint(values)
@@ -63,12 +70,12 @@ def _log_weight(
             u = normal.rsample()  # the noise Pyro's AutoNormal would draw
             point[name] = u
             log_q = log_q + normal.log_prob(u).sum()
-        return potential.log_density(point) - log_q
+        return log_density(point) - log_q
     if isinstance(guide, AutoContinuous):
         posterior = guide.get_posterior(*args, **kwargs)
         latent = posterior.rsample()
         point = {site["name"]: u for site, u in guide._unpack_latent(latent)}
-        return potential.log_density(point) - posterior.log_prob(latent)
+        return log_density(point) - posterior.log_prob(latent)
     raise ValueError(
         f"the collapsed ELBO serves AutoDelta, AutoNormal and AutoContinuous guides; got "
         f"{type(guide).__name__} (use TraceEnum_ELBO)"
@@ -86,15 +93,26 @@ class CollapsedELBO:
         The model's potential energy on its data.
     num_particles : int
         Draws averaged per estimate (one after the other, as ``TraceEnum_ELBO``'s default).
+    energy : callable, optional
+        The same potential energy :math:`U` in a faster form, ``dict of unconstrained site
+        values -> U`` differentiable in them (a
+        :class:`~ppl_models.infer.compiled_potential.NUTSPotential`, eager or compiled); used
+        for every guide but ``AutoDelta`` (which scores constrained values).
     """
 
-    def __init__(self, potential: CollapsedPotential, num_particles: int = 1) -> None:
+    def __init__(
+        self,
+        potential: CollapsedPotential,
+        num_particles: int = 1,
+        energy: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    ) -> None:
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or (
             num_particles < 1
         ):
             raise ValueError(f"num_particles must be a positive integer; got {num_particles!r}")
         self.potential = potential
         self.num_particles = num_particles
+        self.energy = energy
         self._checked = False
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any):
@@ -110,7 +128,9 @@ class CollapsedELBO:
                 )
             self._checked = True
         draws = range(self.num_particles)
-        total = sum(_log_weight(guide, self.potential, args, kwargs) for _ in draws)
+        total = sum(
+            _log_weight(guide, self.potential, args, kwargs, self.energy) for _ in draws
+        )
         return -total / self.num_particles
 
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:

@@ -20,6 +20,8 @@ from ppl_models.infer.checkpoint import (
     set_rng_state,
 )
 from ppl_models.infer.collapsed_svi import CollapsedELBO, supports_guide
+from ppl_models.infer.compiled_potential import NUTSPotential
+from ppl_models.infer.mixture_potential import mixture_potential
 from ppl_models.infer.potential import CollapsedPotential
 from ppl_models.infer.stopping import check_finite, plateau
 from ppl_models.infer.trainer.loop import TrainingRun
@@ -79,11 +81,14 @@ def _resume(model: Any, svi: SVI, data: torch.Tensor, fingerprint: dict,
     return _Progress(list(state["history"]["elbo"]), seconds, int(state["epoch"]))
 
 
-def collapsed_svi(model: Any, svi: SVI, data: torch.Tensor) -> SVI:
+def collapsed_svi(model: Any, svi: SVI, data: torch.Tensor, compile: bool = False) -> SVI:
     """``svi`` with its ``TraceEnum_ELBO`` replaced by the closed-form
     :class:`~ppl_models.infer.collapsed_svi.CollapsedELBO` (same estimator, same draws, no
     traces) when the model's posterior is in closed form and the guide is one it serves;
-    otherwise ``svi`` itself."""
+    otherwise ``svi`` itself. The potential energy is the plain-tensor
+    :class:`~ppl_models.infer.mixture_potential.MixturePotential` where the model has one,
+    compiled with ``torch.compile`` when ``compile`` (see
+    :mod:`ppl_models.infer.compiled_potential`)."""
     elbo = getattr(svi.loss, "__self__", None)  # SVI keeps the ELBO's bound methods
     if not (
         isinstance(model, CollapsedPosterior)
@@ -91,7 +96,10 @@ def collapsed_svi(model: Any, svi: SVI, data: torch.Tensor) -> SVI:
         and supports_guide(svi.guide)
     ):
         return svi
-    loss = CollapsedELBO(CollapsedPotential(model, data), num_particles=elbo.num_particles)
+    potential = CollapsedPotential(model, data)
+    fast = mixture_potential(potential)
+    energy = None if fast is None else NUTSPotential(fast, compile=compile)
+    loss = CollapsedELBO(potential, num_particles=elbo.num_particles, energy=energy)
     return SVI(svi.model, svi.guide, svi.optim, loss.loss, loss_and_grads=loss.loss_and_grads)
 
 
