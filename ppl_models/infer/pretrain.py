@@ -1,4 +1,4 @@
-r"""Fit a GMVAE that clusters: pretrained autoencoder, EM start of the mixture, then the ELBO.
+r"""Fit a GMVAE that clusters: pretrained autoencoder, a start of the mixture, then the ELBO.
 
 VaDE's recipe (Jiang et al. 2017, section 3.3) for the GMVAE with the label summed out
 exactly (:class:`~ppl_models.models.GMVAE` with ``conditional_encoder=False``):
@@ -143,7 +143,7 @@ def fit_clustering_vae(
     callback: Callable[[int, dict], bool | None] | None = None,
     progress: bool | None = False,
 ) -> FitResult:
-    r"""Pretrain, start the mixture by EM on the codes, then fit the GMVAE's objective.
+    r"""Pretrain, start the mixture on the codes (graph or EM), then fit the GMVAE's objective.
 
     Parameters
     ----------
