@@ -134,6 +134,19 @@ class Discriminator(nn.Module):
         return self.head(self.trunk(x)).squeeze(-1)
 
 
+def upsample_to_image(c1: int, c2: int) -> list[nn.Module]:
+    """The layers from ``c2 * 7 * 7`` features to one 28 x 28 image's logits: two stride-2
+    4 x 4 transposed convolutions (``c2 -> c1 -> 1`` channels, batch norm and ReLU between),
+    as in Radford et al. (2016) and Chen et al. (2016, appendix C.1)."""
+    return [
+        nn.Unflatten(1, (c2, 7, 7)),
+        nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
+        nn.BatchNorm2d(c1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(c1, IMAGE_SHAPE[0], 4, stride=2, padding=1),
+    ]
+
+
 class ConvGenerator(nn.Module):
     """DCGAN generator for ``1 x 28 x 28`` images: ``z (..., L) -> (..., 784)`` pre-sigmoid.
 
@@ -152,11 +165,7 @@ class ConvGenerator(nn.Module):
             nn.Linear(latent_dim, c2 * 7 * 7),
             nn.BatchNorm1d(c2 * 7 * 7),
             nn.ReLU(),
-            nn.Unflatten(1, (c2, 7, 7)),
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
-            nn.BatchNorm2d(c1),
-            nn.ReLU(),
-            nn.ConvTranspose2d(c1, IMAGE_SHAPE[0], 4, stride=2, padding=1),
+            *upsample_to_image(c1, c2),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

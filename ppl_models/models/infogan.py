@@ -58,7 +58,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ppl_models._shared.checks import check_choice, check_float, check_int
-from ppl_models.models.adversarial import Discriminator, observation_plate
+from ppl_models.models.adversarial import Discriminator, observation_plate, upsample_to_image
 from ppl_models.models.gan import GAN
 from ppl_models.models.protocols import AdversarialDraws
 from ppl_models.nn import IMAGE_SHAPE, MLPDecoder, MLPTrunk, check_image_dim
@@ -110,11 +110,7 @@ class PaperConvGenerator(nn.Module):
         self.net = nn.Sequential(
             *_dense(input_dim, dense, True, nn.ReLU()),
             *_dense(dense, c2 * 7 * 7, True, nn.ReLU()),
-            nn.Unflatten(1, (c2, 7, 7)),
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
-            nn.BatchNorm2d(c1),
-            nn.ReLU(),
-            nn.ConvTranspose2d(c1, IMAGE_SHAPE[0], 4, stride=2, padding=1),
+            *upsample_to_image(c1, c2),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
