@@ -147,6 +147,21 @@ def upsample_to_image(c1: int, c2: int) -> list[nn.Module]:
     ]
 
 
+def downsample_image(c1: int, c2: int) -> list[nn.Module]:
+    """The layers from one ``1 x 28 x 28`` image to ``c2 * 7 * 7`` features: two stride-2
+    4 x 4 convolutions (``1 -> c1 -> c2`` channels) with leaky ReLU (slope 0.2), batch norm on
+    the second only, then flattened, as in Radford et al. (2016) and Chen et al. (2016,
+    appendix C.1)."""
+    return [
+        nn.Conv2d(IMAGE_SHAPE[0], c1, 4, stride=2, padding=1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(c1, c2, 4, stride=2, padding=1),
+        nn.BatchNorm2d(c2),
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+    ]
+
+
 class ConvGenerator(nn.Module):
     """DCGAN generator for ``1 x 28 x 28`` images: ``z (..., L) -> (..., 784)`` pre-sigmoid.
 
@@ -186,14 +201,7 @@ class ConvDiscriminator(nn.Module):
         super().__init__()
         check_image_dim(input_dim)
         c1, c2 = channels
-        self.trunk = nn.Sequential(
-            nn.Conv2d(IMAGE_SHAPE[0], c1, 4, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
-            nn.BatchNorm2d(c2),
-            nn.LeakyReLU(0.2),
-            nn.Flatten(),
-        )
+        self.trunk = nn.Sequential(*downsample_image(c1, c2))
         self.feature_dim = c2 * 7 * 7
         self.head = nn.Linear(self.feature_dim, 1)
 

@@ -58,7 +58,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from ppl_models._shared.checks import check_choice, check_float, check_int
-from ppl_models.models.adversarial import Discriminator, observation_plate, upsample_to_image
+from ppl_models.models.adversarial import (
+    Discriminator,
+    downsample_image,
+    observation_plate,
+    upsample_to_image,
+)
 from ppl_models.models.gan import GAN
 from ppl_models.models.protocols import AdversarialDraws
 from ppl_models.nn import IMAGE_SHAPE, MLPDecoder, MLPTrunk, check_image_dim
@@ -130,12 +135,7 @@ class PaperConvDiscriminator(nn.Module):
         c1, c2 = channels
         self.trunk = nn.Sequential(
             nn.Unflatten(1, IMAGE_SHAPE),
-            nn.Conv2d(IMAGE_SHAPE[0], c1, 4, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
-            nn.BatchNorm2d(c2),
-            nn.LeakyReLU(0.2),
-            nn.Flatten(),
+            *downsample_image(c1, c2),
             *_dense(c2 * 7 * 7, dense, True, nn.LeakyReLU(0.2)),
         )
         self.feature_dim = dense
